@@ -1,0 +1,7 @@
+"""sinusoidal: see posenc/encodings/sinusoidal.py. Presets as in configs/base.py."""
+
+from configs import base
+
+def get_config(arg=None):
+  c = base.get_config(arg, scheme="sinusoidal")
+  return c

@@ -1,0 +1,3 @@
+"""posenc: position encodings for Transformers, and whether they extrapolate."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,102 @@
+"""The encoding contract: pure math in each scheme's file, plus a thin module.
+
+Every scheme lives in ``posenc/encodings/<name>.py`` and defines a class
+``Encoding`` (a subclass of :class:`Encoding` below, i.e. a ``flax.linen``
+module). The Transformer calls whichever of these hooks the class defines, at
+fixed points, and never branches on the scheme's name:
+
+=================================================  =========================================
+hook                                                called / returns
+=================================================  =========================================
+``embed(x, positions)``                             once, on the token embeddings -> new ``x``
+``layer_input(x, positions, layer)``                before each block -> new ``x``
+``project(q, k, v, q_pos, k_pos, layer)``           after the q/k/v projections -> ``q, k, v``
+``logits(q, k, q_pos, k_pos, layer)``               inside attention -> additive ``[B|1,H,Lq,Lk]``
+``values(weights, q_pos, k_pos, layer)``            after softmax -> additive ``[B,Lq,H,Dh]``
+=================================================  =========================================
+
+Shapes: ``x`` is ``[B, L, D]``; ``q, k, v`` are ``[B, L, H, Dh]``; positions are
+int32 ``[B|1, L]`` (explicit, never an implicit ``arange``); ``weights`` are
+``[B, H, Lq, Lk]``; ``layer`` is a Python int.
+
+Class attributes a scheme may set:
+
+* ``MODES``: which model modes it is valid in, a subset of ``("encoder", "decoder")``.
+* ``MODE_REASON``: one sentence saying why the other mode is refused.
+* ``QKV_BIAS``: whether the q/k/v projections carry their own bias (FLOATER: no).
+* ``CONTENT_SCALE``: multiplies the content logits ``q·k / sqrt(Dh)``
+  (DeBERTa and TUPE rescale them).
+
+Parameters are created in ``setup`` (per-layer tables as lists indexed by
+``layer``; shared ones once), so layer sharing is the scheme's own business.
+``self.dims`` gives the model's sizes and the static bound on positions of the
+program being compiled. ``check(max_position)`` is called with the largest
+position a run will use, before any compute, and raises :class:`ConfigError`
+when the scheme cannot represent it.
+
+All position math runs in float32 whatever the activation dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import flax.linen as nn
+
+HOOKS = ("embed", "layer_input", "project", "logits", "values")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+  """Model sizes an encoding needs.
+
+  ``max_position`` is a static bound: every position in the program is
+  ``< max_position`` (schemes that precompute a table solve it to this size).
+  """
+
+  d_model: int
+  num_heads: int
+  num_layers: int
+  causal: bool
+  max_position: int
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def mode(self) -> str:
+    return "decoder" if self.causal else "encoder"
+
+
+class Encoding(nn.Module):
+  """Base class of every scheme's module (see the module docstring)."""
+
+  dims: Dims
+
+  MODES: ClassVar[tuple[str, ...]] = ("encoder", "decoder")
+  MODE_REASON: ClassVar[str] = ""
+  QKV_BIAS: ClassVar[bool] = True
+  CONTENT_SCALE: ClassVar[float] = 1.0
+
+  def check(self, max_position: int) -> None:
+    """Raises ConfigError if positions up to ``max_position - 1`` cannot be encoded."""
+    del max_position
+
+  @classmethod
+  def hooks(cls) -> tuple[str, ...]:
+    return tuple(h for h in HOOKS if callable(getattr(cls, h, None)))
+
+  @classmethod
+  def options(cls) -> dict:
+    """The scheme's config fields and their defaults (``dims``, ``name``, ``parent`` excluded)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+      if f.name in ("dims", "name", "parent"):
+        continue
+      if f.default is not dataclasses.MISSING:
+        out[f.name] = f.default
+      elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out

@@ -1,0 +1,122 @@
+"""One Transformer, two modes: an encoder transducer and a causal decoder.
+
+The position encoding is a module (``posenc.encodings``) whose hooks are called
+at fixed points; the model never looks at the scheme's name. Without a
+``logits``/``values`` hook, attention is ``jax.nn.dot_product_attention`` (fused
+kernels on accelerators); with one, logits are built explicitly and the
+scheme's additive term is added in float32.
+
+Shapes: ``B`` batch, ``L`` sequence, ``D`` width, ``H`` heads, ``Dh`` head width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from posenc.encodings.base import Encoding
+
+_NEG = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  output_vocab_size: int
+  d_model: int = 64
+  num_heads: int = 8
+  num_layers: int = 5
+  d_ff: int = 256
+  dropout: float = 0.1
+  pre_ln: bool = False
+  causal: bool = False
+  embed_scale: bool = True  # multiply token embeddings by sqrt(D)
+  activation: str = "relu"
+  tie_embeddings: bool = False
+  dtype: str = "float32"
+
+
+class Transformer(nn.Module):
+  """``__call__(tokens [B,L], positions [B|1,L], valid [B,L]) -> logits [B,L,V_out]``."""
+
+  cfg: ModelConfig
+  encoding: Encoding
+
+  def _attention(self, x, pos, mask, layer, train):
+    cfg, enc = self.cfg, self.encoding
+    heads, dh = cfg.num_heads, cfg.d_model // cfg.num_heads
+    dense = lambda n: nn.DenseGeneral((heads, dh), use_bias=enc.QKV_BIAS, dtype=self._dtype,
+                                      name=f"layer{layer}_{n}")
+    q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = dense("query")(x), dense("key")(x), dense("value")(x)
+    if hasattr(enc, "project"):
+      q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = enc.project(
+          q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, pos, pos, layer)
+    scale = enc.CONTENT_SCALE / math.sqrt(dh)
+    if hasattr(enc, "logits") or hasattr(enc, "values"):
+      s_BxHxLxL = jnp.einsum("bqhd,bkhd->bhqk", q_BxLxHxDh, k_BxLxHxDh,
+                             preferred_element_type=jnp.float32) * scale
+      if hasattr(enc, "logits"):
+        s_BxHxLxL = s_BxHxLxL + enc.logits(q_BxLxHxDh, k_BxLxHxDh, pos, pos, layer)
+      s_BxHxLxL = jnp.where(mask, s_BxHxLxL, _NEG)
+      w_BxHxLxL = jax.nn.softmax(s_BxHxLxL, axis=-1)
+      o_BxLxHxDh = jnp.einsum("bhqk,bkhd->bqhd", w_BxHxLxL.astype(v_BxLxHxDh.dtype), v_BxLxHxDh)
+      if hasattr(enc, "values"):
+        o_BxLxHxDh = o_BxLxHxDh + enc.values(w_BxHxLxL, pos, pos, layer).astype(o_BxLxHxDh.dtype)
+    else:
+      o_BxLxHxDh = jax.nn.dot_product_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh,
+                                                mask=mask, scale=scale)
+    return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=self._dtype,
+                           name=f"layer{layer}_out")(o_BxLxHxDh)
+
+  def _ffn(self, x, layer, train):
+    cfg = self.cfg
+    act = {"relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu}[cfg.activation]
+    h = act(nn.Dense(cfg.d_ff, dtype=self._dtype, name=f"layer{layer}_ff1")(x))
+    h = nn.Dropout(cfg.dropout)(h, deterministic=not train)
+    return nn.Dense(cfg.d_model, dtype=self._dtype, name=f"layer{layer}_ff2")(h)
+
+  @property
+  def _dtype(self):
+    return jnp.dtype(self.cfg.dtype)
+
+  @nn.compact
+  def __call__(self, tokens, positions, valid, *, train: bool = False):
+    cfg, enc = self.cfg, self.encoding
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model,
+                     embedding_init=nn.initializers.normal(cfg.d_model ** -0.5), name="embed")
+    x_BxLxD = embed(tokens).astype(self._dtype)
+    if cfg.embed_scale:
+      x_BxLxD = x_BxLxD * math.sqrt(cfg.d_model)
+    if hasattr(enc, "embed"):
+      x_BxLxD = enc.embed(x_BxLxD, positions)
+    x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=not train)
+
+    length = tokens.shape[1]
+    mask = valid[:, None, None, :]  # keys that exist
+    if cfg.causal:
+      mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
+    drop = lambda h: nn.Dropout(cfg.dropout)(h, deterministic=not train)
+    for layer in range(cfg.num_layers):
+      if hasattr(enc, "layer_input"):
+        x_BxLxD = enc.layer_input(x_BxLxD, positions, layer)
+      if cfg.pre_ln:
+        h = nn.LayerNorm(name=f"layer{layer}_ln1")(x_BxLxD)
+        x_BxLxD = x_BxLxD + drop(self._attention(h, positions, mask, layer, train))
+        h = nn.LayerNorm(name=f"layer{layer}_ln2")(x_BxLxD)
+        x_BxLxD = x_BxLxD + drop(self._ffn(h, layer, train))
+      else:
+        h = x_BxLxD + drop(self._attention(x_BxLxD, positions, mask, layer, train))
+        x_BxLxD = nn.LayerNorm(name=f"layer{layer}_ln1")(h)
+        h = x_BxLxD + drop(self._ffn(x_BxLxD, layer, train))
+        x_BxLxD = nn.LayerNorm(name=f"layer{layer}_ln2")(h)
+    if cfg.pre_ln:
+      x_BxLxD = nn.LayerNorm(name="final_ln")(x_BxLxD)
+    if cfg.tie_embeddings:
+      if cfg.output_vocab_size != cfg.vocab_size:
+        raise ValueError("tie_embeddings needs output_vocab_size == vocab_size")
+      return embed.attend(x_BxLxD.astype(jnp.float32))
+    return nn.Dense(cfg.output_vocab_size, dtype=jnp.float32, name="head")(x_BxLxD)
