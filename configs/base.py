@@ -74,6 +74,13 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
   c.eval.batch_size = 128
   c.eval.num_buckets = 8
 
+  # Warm start: copy parameters (by path, shapes must match) from another run's checkpoint,
+  # e.g. FLOATER from a sinusoidal run, or a hierarchical table from a learned run.
+  # With train.steps=0 this re-evaluates a trained run under new evaluation settings.
+  c.init = ml_collections.ConfigDict()
+  c.init.from_workdir = ""
+  c.init.step = 0  # 0: the latest checkpoint there
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 10_000
   c.checkpoint.max_to_keep = 3

@@ -26,7 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: runs/<deri
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)  # orbax and JAX are chatty at INFO
+  logging.set_verbosity(logging.ERROR)  # orbax and JAX are chatty below ERROR
   from posenc import train  # imports JAX; kept after flag parsing so --help is instant
 
   config = _CONFIG.value

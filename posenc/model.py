@@ -88,7 +88,10 @@ class Transformer(nn.Module):
     cfg, enc = self.cfg, self.encoding
     embed = nn.Embed(cfg.vocab_size, cfg.d_model,
                      embedding_init=nn.initializers.normal(cfg.d_model ** -0.5), name="embed")
-    x_BxLxD = embed(tokens).astype(self._dtype)
+    if hasattr(enc, "token_embed"):  # the scheme owns the token embedding (complex order)
+      x_BxLxD = enc.token_embed(tokens, positions).astype(self._dtype)
+    else:
+      x_BxLxD = embed(tokens).astype(self._dtype)
     if cfg.embed_scale:
       x_BxLxD = x_BxLxD * math.sqrt(cfg.d_model)
     if hasattr(enc, "embed"):

@@ -64,7 +64,8 @@ class Setup:
   def model(self, max_position: int) -> Transformer:
     dims = Dims(d_model=self.model_cfg.d_model, num_heads=self.model_cfg.num_heads,
                 num_layers=self.model_cfg.num_layers, causal=self.causal,
-                max_position=max_position)
+                max_position=max_position, vocab_size=self.model_cfg.vocab_size,
+                train_length=data_lib.total_length(self.task, self.config.task.train_max_length))
     return Transformer(self.model_cfg, encodings.build(self.config.encoding, dims))
 
   def train_bound(self) -> int:
@@ -92,8 +93,10 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   """Validates ``config`` and derives the run's shapes; raises ConfigError naming the field."""
   task = tasks.get(config.task.name)
   cls = encodings.get(config.encoding.name)
+  for path in ("train.steps",):
+    _positive(config, path, allow_zero=True)
   for path in ("model.d_model", "model.num_heads", "model.num_layers", "model.d_ff",
-               "train.steps", "train.batch_size", "train.learning_rate", "train.log_every",
+               "train.batch_size", "train.learning_rate", "train.log_every",
                "task.train_min_length", "task.train_max_length", "eval.min_length",
                "eval.max_length", "eval.samples_per_length", "eval.batch_size",
                "eval.num_buckets", "checkpoint.every_steps", "checkpoint.max_to_keep"):
@@ -146,6 +149,15 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   workdir = config.workdir or os.path.join(
       "runs", f"{config.encoding.name}-{t.name}-{config.preset}-seed{config.seed}-{h}")
   s = Setup(config, task, model_cfg, train_lengths, train_padded, eval_buckets, workdir, h)
+  src = config.init.from_workdir
+  if src:
+    if not os.path.isdir(os.path.join(src, "checkpoints")) or not any(
+        n.isdigit() for n in os.listdir(os.path.join(src, "checkpoints"))):
+      raise ConfigError("config.init.from_workdir",
+                        f"{src!r} holds no checkpoints; point it at a finished run's workdir")
+    if os.path.abspath(src) == os.path.abspath(workdir):
+      raise ConfigError("config.init.from_workdir", "is this run's own workdir; a run resumes "
+                        "from its own checkpoints by itself, so leave it empty")
 
   # The scheme's own limits, at the largest position this run will use.
   probe = s.model(1).encoding
@@ -265,6 +277,45 @@ def checkpoint_manager(s: Setup) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(os.path.join(s.workdir, "checkpoints")), options=options)
 
 
+def load_params(workdir: str, step: int = 0) -> tuple[dict, int]:
+  """The parameters saved in another run's checkpoint (``step`` 0: the latest)."""
+  mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  step = step or mngr.latest_step()
+  if step not in mngr.all_steps():
+    raise ConfigError("config.init.step", f"no checkpoint at step {step} in {workdir!r}; "
+                      f"available: {sorted(mngr.all_steps())}")
+  tree = mngr.restore(step, args=ocp.args.StandardRestore())
+  return tree["params"], step
+
+
+def warm_start(params: dict, source: dict, origin: str, *,
+               check_only: bool = False) -> tuple[dict, list[str], list[str]]:
+  """Copies every array of ``source`` whose path exists in ``params``; shapes must agree.
+
+  Returns the new params, the copied paths and the paths left at their initial values.
+  """
+  flat_src = {"/".join(str(getattr(k, "key", k)) for k in path): v
+              for path, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+  copied, fresh = [], []
+
+  def pick(path, value):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    if name not in flat_src:
+      fresh.append(name)
+      return value
+    got = np.asarray(flat_src[name])
+    if got.shape != value.shape:
+      raise ConfigError("config.init.from_workdir",
+                        f"parameter {name} has shape {got.shape} in {origin!r} but {value.shape} "
+                        "here; the two runs' model configs differ")
+    copied.append(name)
+    return value if check_only else jnp.asarray(got, value.dtype)
+
+  new = jax.tree_util.tree_map_with_path(pick, params)
+  return new, copied, fresh
+
+
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: dict) -> tuple[dict | None, int]:
   """Restores the newest readable checkpoint; a damaged one is skipped with a warning."""
   for step in sorted(mngr.all_steps(), reverse=True):
@@ -342,21 +393,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
     if results.get("steps") == config.train.steps:
       log(f"{wd}: already complete (DONE exists); results in {results_path}")
       return results
+  # Everything that can refuse this run is checked before anything is written.
+  keys = root_keys(config.seed)
+  mngr = checkpoint_manager(s) if os.path.isdir(os.path.join(wd, "checkpoints")) else None
+  has_own = mngr is not None and bool(mngr.all_steps())
+  source = None
+  if config.init.from_workdir and not has_own:
+    source, src_step = load_params(config.init.from_workdir, config.init.step)
+    abstract_params = jax.eval_shape(lambda: init_state(s, keys["init"]))["params"]
+    warm_start(abstract_params, source, config.init.from_workdir, check_only=True)
+
   os.makedirs(wd, exist_ok=True)
   if writer_process:
     reporting.atomic_write_json(os.path.join(wd, "config.json"), config.to_dict())
   log(f"run: {config.encoding.name} on {config.task.name} ({config.preset} preset, seed {config.seed}) "
       f"-> {wd}")
 
-  keys = root_keys(config.seed)
   state = init_state(s, keys["init"])
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"]))
-  mngr = checkpoint_manager(s)
+  mngr = mngr or checkpoint_manager(s)
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
   restored, start = restore_latest(mngr, abstract)
   if restored is not None:
     state = restored
     log(f"resumed from checkpoint at step {start}")
+  elif source is not None:
+    params, copied, fresh = warm_start(state["params"], source, config.init.from_workdir)
+    state = {**state, "params": params, "opt_state": make_optimizer(config).init(params)}
+    log(f"warm start: {len(copied)} parameter arrays from {config.init.from_workdir} "
+        f"(step {src_step}); {len(fresh)} fresh" + (f": {', '.join(fresh[:6])}" if fresh else ""))
   log(f"model: {config.model.num_layers} layers, d={config.model.d_model}, {n_params:,} parameters; "
       f"train lengths {s.train_lengths[0]}–{s.train_lengths[-1]} padded to {s.train_padded}")
 

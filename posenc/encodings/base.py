@@ -8,6 +8,7 @@ fixed points, and never branches on the scheme's name:
 =================================================  =========================================
 hook                                                called / returns
 =================================================  =========================================
+``token_embed(tokens, positions)``                  replaces the token embedding -> ``x``
 ``embed(x, positions)``                             once, on the token embeddings -> new ``x``
 ``layer_input(x, positions, layer)``                before each block -> new ``x``
 ``project(q, k, v, q_pos, k_pos, layer)``           after the q/k/v projections -> ``q, k, v``
@@ -15,7 +16,7 @@ hook                                                called / returns
 ``values(weights, q_pos, k_pos, layer)``            after softmax -> additive ``[B,Lq,H,Dh]``
 =================================================  =========================================
 
-Shapes: ``x`` is ``[B, L, D]``; ``q, k, v`` are ``[B, L, H, Dh]``; positions are
+Shapes: ``tokens`` is int32 ``[B, L]`` (ids below ``dims.vocab_size``); ``x`` is ``[B, L, D]``; ``q, k, v`` are ``[B, L, H, Dh]``; positions are
 int32 ``[B|1, L]`` (explicit, never an implicit ``arange``); ``weights`` are
 ``[B, H, Lq, Lk]``; ``layer`` is a Python int.
 
@@ -44,7 +45,7 @@ from typing import ClassVar
 
 import flax.linen as nn
 
-HOOKS = ("embed", "layer_input", "project", "logits", "values")
+HOOKS = ("token_embed", "embed", "layer_input", "project", "logits", "values")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,9 @@ class Dims:
 
   ``max_position`` is a static bound: every position in the program is
   ``< max_position`` (schemes that precompute a table solve it to this size).
+  ``train_length`` is the longest training sequence (input plus answer), the
+  "original context length" of context-extension methods; ``vocab_size`` is
+  the number of token ids (for schemes that own the token embedding).
   """
 
   d_model: int
@@ -60,6 +64,8 @@ class Dims:
   num_layers: int
   causal: bool
   max_position: int
+  train_length: int = 0
+  vocab_size: int = 0
 
   @property
   def head_dim(self) -> int:
