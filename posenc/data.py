@@ -7,12 +7,13 @@ a bucket length ``P``::
   decoder:  x_1 … x_l  SEP y_1 … y_{m−1} PAD …   (teacher forcing: SEP predicts y_1)
 
 In both modes answer token ``t`` is predicted at index ``l + t``, so the two
-modes share every shape. Token ids: 0 PAD, 1 BLANK, 2 SEP, then the task's
+modes share every shape, and ``l`` may be a traced value. Token ids: 0 PAD, 1 BLANK, 2 SEP, then the task's
 input alphabet, then its output alphabet.
 
-Lengths are grouped into a few buckets; one compiled program per bucket picks
-the length with ``lax.switch`` (a branch per length, each a tiny sampler), so a
-sweep over lengths 41..500 compiles a handful of programs, not 460.
+Lengths are grouped into a few buckets and one program is compiled per bucket:
+the length is a traced value (tasks with a native padded sampler) or picked by
+``lax.switch`` (a branch per length), so a sweep over lengths 41..500 compiles
+a handful of programs, not 460.
 """
 
 from __future__ import annotations
@@ -38,27 +39,31 @@ def total_length(task: Task, length: int) -> int:
   return length + task.output_length(length)
 
 
-def layout(task: Task, sample: dict, *, causal: bool, padded_length: int) -> dict:
-  """Places one task sample into the padded sequence (see the module docstring)."""
+def layout(task: Task, sample: dict, length, *, causal: bool, padded_length: int) -> dict:
+  """Places one task sample into the padded sequence (see the module docstring).
+
+  ``length`` may be traced; ``sample`` may be padded past it (entries past
+  ``length`` and past ``output_length(length)`` are ignored).
+  """
   x, y, ymask = sample["input"], sample["target"], sample["target_mask"]
-  batch, length = x.shape
-  out_len = y.shape[1]
-  tokens = x + NUM_SPECIAL
-  if causal:
-    filler = jnp.concatenate(
-        [jnp.full((batch, 1), SEP, jnp.int32),
-         y[:, :-1] + NUM_SPECIAL + task.input_vocab_size], axis=1)
+  batch = x.shape[0]
+  out_len = task.output_length(length)
+  i = jnp.arange(padded_length)
+  j = i - length
+  in_input = i < length
+  in_answer = (j >= 0) & (j < out_len)
+  take = lambda a, idx: jnp.take(a, jnp.clip(idx, 0, a.shape[1] - 1), axis=1)
+  if causal:  # teacher forcing: SEP, then the answer shifted right by one
+    filler = jnp.where(j == 0, SEP, take(y, j - 1) + NUM_SPECIAL + task.input_vocab_size)
   else:
-    filler = jnp.full((batch, out_len), BLANK, jnp.int32)
-  pad = padded_length - length - out_len
-  assert pad >= 0, (padded_length, length, out_len)
-  zeros = lambda w, dt: jnp.zeros((batch, w), dt)
+    filler = jnp.full((batch, padded_length), BLANK, jnp.int32)
+  tokens = jnp.where(in_input, take(x, i) + NUM_SPECIAL, jnp.where(in_answer, filler, PAD))
   return {
-      "tokens": jnp.concatenate([tokens, filler, zeros(pad, jnp.int32)], axis=1),
-      "targets": jnp.concatenate([zeros(length, jnp.int32), y, zeros(pad, jnp.int32)], axis=1),
-      "loss_mask": jnp.concatenate([zeros(length, bool), ymask, zeros(pad, bool)], axis=1),
-      "valid": jnp.concatenate([jnp.ones((batch, length + out_len), bool), zeros(pad, bool)], axis=1),
-      "length": jnp.full((), length, jnp.int32),
+      "tokens": tokens.astype(jnp.int32),
+      "targets": jnp.where(in_answer, take(y, j), 0).astype(jnp.int32),
+      "loss_mask": in_answer & take(ymask, j),
+      "valid": jnp.broadcast_to(i < length + out_len, (batch, padded_length)),
+      "length": jnp.asarray(length, jnp.int32),
   }
 
 
@@ -66,28 +71,50 @@ def make_batch_fn(task: Task, position_sampler: Callable, *, batch_size: int,
                   lengths: Sequence[int], padded_length: int, causal: bool) -> Callable:
   """``f(rng, index) -> batch`` of length ``lengths[index]``, padded to ``padded_length``.
 
-  Pure and jittable; ``index`` may be traced (``lax.switch``).
+  Pure and jittable; ``index`` may be traced. Tasks with a native padded
+  sampler give one straight-line program; others get a ``lax.switch`` with a
+  branch per length.
   """
   lengths = tuple(int(l) for l in lengths)
+  longest = max(lengths)
+  assert total_length(task, longest) <= padded_length, (longest, padded_length)
+
+  def finish(batch, k_pos, length):
+    pos = position_sampler(k_pos, batch_size, total_length(task, length), padded_length)
+    batch["positions"] = pos
+    return batch
+
+  if task.native_padded:
+    table = jnp.asarray(lengths, jnp.int32)
+
+    def batch_fn(rng, index):
+      length = table[index]
+      k_task, k_pos = jax.random.split(rng)
+      sample = task.sample_padded(k_task, batch_size, length, longest)
+      batch = layout(task, sample, length, causal=causal, padded_length=padded_length)
+      return finish(batch, k_pos, length)
+
+    return batch_fn
 
   def branch(length):
     def f(rng):
       k_task, k_pos = jax.random.split(rng)
-      batch = layout(task, task.sample(k_task, batch_size, length), causal=causal,
+      batch = layout(task, task.sample(k_task, batch_size, length), length, causal=causal,
                      padded_length=padded_length)
       pos = position_sampler(k_pos, batch_size, total_length(task, length), padded_length)
+      # Every branch must return one shape: per-example positions are broadcast to [B, P].
       batch["positions"] = jnp.broadcast_to(pos, (batch_size, padded_length)) if pos.shape[0] > 1 else pos
       return batch
     return f
 
   branches = [branch(l) for l in lengths]
 
-  def batch_fn(rng, index):
+  def switch_fn(rng, index):
     if len(branches) == 1:
       return branches[0](rng)
     return jax.lax.switch(index, branches, rng)
 
-  return batch_fn
+  return switch_fn
 
 
 def buckets(task: Task, lengths: Sequence[int], num_buckets: int,

@@ -39,7 +39,7 @@ def contiguous(rng, batch_size: int, length: int, padded_length: int, *, offset:
   base = jnp.arange(padded_length, dtype=jnp.int32)
   if not random_offset:
     return (base + offset)[None]
-  high = max(max_position - length, 0) + 1
+  high = jnp.maximum(max_position - length, 0) + 1
   offsets = jax.random.randint(rng, (batch_size, 1), 0, high, dtype=jnp.int32)
   pos = base[None] + offsets
   return jnp.where(base[None] < length, pos, offsets)  # padding stays in range
@@ -47,16 +47,23 @@ def contiguous(rng, batch_size: int, length: int, padded_length: int, *, offset:
 
 def randomized(rng, batch_size: int, length: int, padded_length: int, *,
                max_position: int = 2048, per_example: bool = True) -> jax.Array:
-  """Sorted draws of ``length`` distinct positions from ``[0, max_position)``."""
-  if length > max_position:
+  """Sorted draws of ``length`` distinct positions from ``[0, max_position)``.
+
+  ``length`` may be traced (``padded_length`` is static).
+  """
+  if isinstance(length, int) and length > max_position:
     raise ValueError(f"cannot draw {length} distinct positions below {max_position}")
+  k = min(padded_length, max_position)
 
   def one(key):
-    # Top-k of uniform noise is a uniform random subset, without an O(N log N) permutation.
+    # The k largest of iid uniform noise form a uniform random subset, in random order;
+    # its first `length` entries are a uniform subset of size `length`.
     noise = jax.random.uniform(key, (max_position,))
-    _, idx = jax.lax.top_k(noise, length)
-    pos = jnp.sort(idx).astype(jnp.int32)
-    return jnp.pad(pos, (0, padded_length - length))
+    _, idx = jax.lax.top_k(noise, k)
+    idx = jnp.where(jnp.arange(k) < length, idx, max_position)
+    pos = jnp.sort(idx)
+    pos = jnp.where(pos == max_position, 0, pos).astype(jnp.int32)
+    return jnp.pad(pos, (0, padded_length - k))
 
   if per_example:
     return jax.vmap(one)(jax.random.split(rng, batch_size))
