@@ -45,6 +45,9 @@ class Transformer(nn.Module):
 
   cfg: ModelConfig
   encoding: Encoding
+  # Inspection: compute attention explicitly and ``sow`` each layer's weights
+  # ([B, H, L, L]) into the "intermediates" collection as ``attention_<layer>``.
+  capture_attention: bool = False
 
   def _attention(self, x, pos, mask, layer, train):
     cfg, enc = self.cfg, self.encoding
@@ -56,13 +59,15 @@ class Transformer(nn.Module):
       q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = enc.project(
           q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, pos, pos, layer)
     scale = enc.CONTENT_SCALE / math.sqrt(dh)
-    if hasattr(enc, "logits") or hasattr(enc, "values"):
+    if hasattr(enc, "logits") or hasattr(enc, "values") or self.capture_attention:
       s_BxHxLxL = jnp.einsum("bqhd,bkhd->bhqk", q_BxLxHxDh, k_BxLxHxDh,
                              preferred_element_type=jnp.float32) * scale
       if hasattr(enc, "logits"):
         s_BxHxLxL = s_BxHxLxL + enc.logits(q_BxLxHxDh, k_BxLxHxDh, pos, pos, layer)
       s_BxHxLxL = jnp.where(mask, s_BxHxLxL, _NEG)
       w_BxHxLxL = jax.nn.softmax(s_BxHxLxL, axis=-1)
+      if self.capture_attention:
+        self.sow("intermediates", f"attention_{layer}", w_BxHxLxL)
       o_BxLxHxDh = jnp.einsum("bhqk,bkhd->bqhd", w_BxHxLxL.astype(v_BxLxHxDh.dtype), v_BxLxHxDh)
       if hasattr(enc, "values"):
         o_BxLxHxDh = o_BxLxHxDh + enc.values(w_BxHxLxL, pos, pos, layer).astype(o_BxLxHxDh.dtype)
