@@ -345,16 +345,16 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
         lengths=lengths, padded_length=padded, causal=s.causal)
 
     @jax.jit
-    def score(params, key, index, model=model, batch_fn=batch_fn):
-      batch = batch_fn(key, index)
+    def score(params, key, index, chunk, model=model, batch_fn=batch_fn, lengths=lengths):
+      length = jnp.asarray(lengths, jnp.int32)[index]
+      batch = batch_fn(jax.random.fold_in(jax.random.fold_in(key, length), chunk), index)
       logits = model.apply({"params": params}, batch["tokens"], batch["positions"], batch["valid"],
                            train=False)
       seq, has = data_lib.sequence_scores(logits, batch)
       return jnp.stack([jnp.sum(jnp.where(has, seq, 0.0)), jnp.sum(has)])
 
     for i, length in enumerate(lengths):
-      k = jax.random.fold_in(key, length)
-      sums[length] = [score(params, jax.random.fold_in(k, c), i) for c in range(chunks)]
+      sums[length] = [score(params, key, i, c) for c in range(chunks)]
     if log:
       log(f"eval: lengths {lengths[0]}–{lengths[-1]} (padded to {padded}) "
           f"dispatched, {time.perf_counter() - t0:.1f}s")

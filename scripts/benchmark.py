@@ -1,0 +1,171 @@
+"""Where the time goes: every scheme, one process, one run, so ratios are fair.
+
+  python scripts/benchmark.py                       # every scheme, default Chomsky preset
+  python scripts/benchmark.py --schemes=sinusoidal,floater,alibi --steps=30 --out=bench.json
+
+For each scheme (encoder mode where valid, else the causal decoder) on the default preset
+of ``configs/<scheme>.py`` (reverse_string): compile time of the training step, training
+steps/s and tokens/s, evaluation time over lengths 41..500 and the number of programs it
+compiled, peak memory, and model FLOP utilisation (XLA's FLOP count of the step over its
+time, against this machine's dense-matmul rate measured in the same run). Ratios against
+sinusoidal are what the targets are stated in. Prints a Markdown table and writes JSON.
+
+This is a script, not a test: timings depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import logging  # noqa: E402
+
+from posenc import encodings, train  # noqa: E402
+
+logging.set_verbosity(logging.ERROR)
+
+_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, secs, **kw: _COMPILES.append(secs) if name == "/jax/core/compile/backend_compile_duration" else None)
+
+
+def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
+  """Measured dense float32 matmul FLOP/s of this device."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ a)
+  x = f(a).block_until_ready()
+  t = time.perf_counter()
+  for _ in range(repeats):
+    x = f(x)
+  x.block_until_ready()
+  return 2 * n ** 3 * repeats / (time.perf_counter() - t)
+
+
+def peak_memory_mb() -> float:
+  stats = jax.devices()[0].memory_stats()
+  if stats and "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2 ** 20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process RSS (CPU)
+
+
+def config_for(scheme: str, preset: str | None):
+  c = importlib.import_module(f"configs.{scheme}").get_config(preset)
+  return c
+
+
+def bench_scheme(scheme: str, args, rate: float) -> dict:
+  c = config_for(scheme, args.preset)
+  with c.unlocked():
+    c.eval.min_length, c.eval.max_length = args.eval_min, args.eval_max
+    c.eval.samples_per_length = args.eval_samples
+    c.eval.batch_size = args.eval_samples
+    if "max_len" in c.encoding:  # learned tables: give them rows for the evaluated lengths
+      c.encoding.max_len = max(c.encoding.max_len, 2 * args.eval_max + 8)
+  s = train.setup(c)
+  keys = train.root_keys(0)
+  state = train.init_state(s, keys["init"])
+  step = jax.jit(train.make_train_step(s), donate_argnums=0)
+
+  t = time.perf_counter()
+  compiled = step.lower(state, keys["train"]).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+  for _ in range(args.warmup):
+    state, m = compiled(state, keys["train"])
+  jax.block_until_ready(state)
+  t = time.perf_counter()
+  for _ in range(args.steps):
+    state, m = compiled(state, keys["train"])
+  jax.block_until_ready(state)
+  step_s = (time.perf_counter() - t) / args.steps
+  tokens = c.train.batch_size * s.train_padded
+
+  n0 = len(_COMPILES)
+  t = time.perf_counter()
+  train.evaluate(s, state["params"], keys["eval"], log=None)
+  eval_s = time.perf_counter() - t
+  row = {
+      "scheme": scheme, "mode": "decoder" if s.causal else "encoder",
+      "compile_s": compile_s, "step_ms": 1e3 * step_s, "steps_per_s": 1 / step_s,
+      "tokens_per_s": tokens / step_s, "eval_s": eval_s, "eval_programs": len(_COMPILES) - n0,
+      "eval_buckets": len(s.eval_buckets), "peak_mem_mb": peak_memory_mb(),
+      "step_gflop": flops / 1e9, "mfu": (flops / step_s) / rate if flops else None,
+  }
+  enc_module = importlib.import_module(f"posenc.encodings.{scheme}")
+  if hasattr(enc_module, "solver_stats"):
+    try:
+      row["ode_steps"] = enc_module.solver_stats(state["params"], s)
+    except Exception as e:  # noqa: BLE001 — a stat we can live without
+      row["ode_steps"] = f"n/a ({type(e).__name__})"
+  return row
+
+
+def markdown(rows: list[dict], base: dict | None) -> str:
+  head = ("| scheme | mode | compile s | step ms | × sinusoidal | tokens/s | eval 41–500 s | "
+          "eval × sin. | eval programs | peak MB | MFU |")
+  lines = [head, "|---" * 11 + "|"]
+  for r in rows:
+    if "error" in r:
+      lines.append(f"| {r['scheme']} | error: {r['error']} |" + " |" * 9)
+      continue
+    ratio = r["step_ms"] / base["step_ms"] if base else float("nan")
+    eratio = r["eval_s"] / base["eval_s"] if base else float("nan")
+    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"
+    lines.append(f"| {r['scheme']} | {r['mode']} | {r['compile_s']:.1f} | {r['step_ms']:.1f} | {ratio:.2f} | "
+                 f"{r['tokens_per_s']:,.0f} | {r['eval_s']:.1f} | {eratio:.2f} | {r['eval_programs']} | "
+                 f"{r['peak_mem_mb']:.0f} | {mfu} |")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--schemes", default="", help="comma-separated (default: all)")
+  p.add_argument("--preset", default=None, help="config preset (default: the CPU default)")
+  p.add_argument("--steps", type=int, default=50, help="timed training steps per scheme")
+  p.add_argument("--warmup", type=int, default=5)
+  p.add_argument("--eval_min", type=int, default=41)
+  p.add_argument("--eval_max", type=int, default=500)
+  p.add_argument("--eval_samples", type=int, default=16, help="samples per evaluated length")
+  p.add_argument("--out", default="benchmark.json")
+  args = p.parse_args()
+
+  schemes = [x for x in args.schemes.split(",") if x] or encodings.names()
+  if "sinusoidal" in schemes:  # the baseline first
+    schemes = ["sinusoidal"] + [x for x in schemes if x != "sinusoidal"]
+  dev = jax.devices()[0]
+  machine = f"{dev.platform}:{dev.device_kind}, {os.cpu_count()} CPUs, {platform.machine()}"
+  rate = matmul_rate()
+  print(f"machine: {machine}; dense f32 matmul {rate / 1e9:.1f} GFLOP/s", flush=True)
+  rows = []
+  for scheme in schemes:
+    try:
+      row = bench_scheme(scheme, args, rate)
+    except Exception as e:  # noqa: BLE001 — one broken scheme must not hide the others
+      row = {"scheme": scheme, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  base = next((r for r in rows if r["scheme"] == "sinusoidal" and "error" not in r), None)
+  table = markdown(rows, base)
+  print(table)
+  out = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "matmul_gflops": rate / 1e9,
+         "args": vars(args), "rows": rows, "markdown": table}
+  with open(args.out, "w") as f:
+    json.dump(out, f, indent=2)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
