@@ -18,6 +18,7 @@ a handful of programs, not 460.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -36,7 +37,7 @@ def vocab_size(task: Task) -> int:
 
 
 def total_length(task: Task, length: int) -> int:
-  return length + task.output_length(length)
+  return task.sequence_length(length)
 
 
 def layout(task: Task, sample: dict, length, *, causal: bool, padded_length: int) -> dict:
@@ -84,6 +85,8 @@ def make_batch_fn(task: Task, position_sampler: Callable, *, batch_size: int,
     batch["positions"] = pos
     return batch
 
+  lay = getattr(task, "layout", None) or functools.partial(layout, task)
+
   if task.native_padded:
     table = jnp.asarray(lengths, jnp.int32)
 
@@ -91,7 +94,7 @@ def make_batch_fn(task: Task, position_sampler: Callable, *, batch_size: int,
       length = table[index]
       k_task, k_pos = jax.random.split(rng)
       sample = task.sample_padded(k_task, batch_size, length, longest)
-      batch = layout(task, sample, length, causal=causal, padded_length=padded_length)
+      batch = lay(sample, length, causal=causal, padded_length=padded_length)
       return finish(batch, k_pos, length)
 
     return batch_fn
@@ -99,8 +102,8 @@ def make_batch_fn(task: Task, position_sampler: Callable, *, batch_size: int,
   def branch(length):
     def f(rng):
       k_task, k_pos = jax.random.split(rng)
-      batch = layout(task, task.sample(k_task, batch_size, length), length, causal=causal,
-                     padded_length=padded_length)
+      batch = lay(task.sample(k_task, batch_size, length), length, causal=causal,
+                  padded_length=padded_length)
       pos = position_sampler(k_pos, batch_size, total_length(task, length), padded_length)
       # Every branch must return one shape: per-example positions are broadcast to [B, P].
       batch["positions"] = jnp.broadcast_to(pos, (batch_size, padded_length)) if pos.shape[0] > 1 else pos

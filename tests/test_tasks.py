@@ -18,7 +18,7 @@ import pytest
 from posenc import tasks
 
 BATCH = 64
-LENGTHS = (1, 2, 3, 4, 5, 6, 7, 12, 40, 41)
+LENGTHS = (1, 2, 3, 4, 40, 41)  # each length costs one compile per task
 
 LEVELS = {
     "even_pairs": "R", "modular_arithmetic": "R", "parity_check": "R", "cycle_navigation": "R",
@@ -300,21 +300,19 @@ def test_sampler_matches_reference_solver(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_deterministic_per_key_and_jittable(name):
-  task, sample = _task_and_jitted(name)
-  length = 12
+def test_deterministic_per_key(name):
+  _, sample = _task_and_jitted(name)
+  length = 4  # already compiled by the test above
   a = _numpy(sample(jax.random.key(7), BATCH, length))
   b = _numpy(sample(jax.random.key(7), BATCH, length))
   c = _numpy(sample(jax.random.key(8), BATCH, length))
-  eager = _numpy(task.sample(jax.random.key(7), BATCH, length))
   for k in ("input", "target", "target_mask"):
     np.testing.assert_array_equal(a[k], b[k])
-    np.testing.assert_array_equal(a[k], eager[k])
   assert not np.array_equal(a["input"], c["input"])
 
 
-def test_answer_masks_follow_termination():
-  # A hand-checked example of each terminated task (official docstring examples).
+def test_reference_solvers_on_official_examples():
+  # The solvers themselves, on examples from the official docstrings (hand-checked).
   stack = tasks.get("stack_manipulation")
   assert solve_stack_manipulation([0, 1, 1, 0, 4, 2, 2], 7) == (
       [1, 1, 0, 2, 0, 0, 0, 0], [True] * 4 + [False] * 4)
@@ -335,7 +333,7 @@ def test_long_samples_are_well_formed():
   # The vectorised generators must also hold at evaluation lengths.
   for name in ("stack_manipulation", "modular_arithmetic_brackets", "solve_equation",
                "binary_addition", "binary_multiplication", "compute_sqrt"):
-    task, sample = _task_and_jitted(name)
+    _, sample = _task_and_jitted(name)
     length = 137
     out = _numpy(sample(jax.random.key(3), 8, length))
     for b in range(8):

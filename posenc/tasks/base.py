@@ -46,6 +46,14 @@ class Task(abc.ABC):
     """Number of answer tokens for an input of ``length`` tokens."""
     return 1
 
+  def sequence_length(self, length):
+    """Tokens the model reads for an input of ``length``: the input, then the answer slots.
+
+    A task with its own ``layout(sample, length, *, causal, padded_length)`` method (e.g.
+    language modelling, where every token is also an answer) overrides both.
+    """
+    return length + self.output_length(length)
+
   def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
     """Returns ``input``, ``target`` and optionally ``target_mask`` for a static length."""
     raise NotImplementedError

@@ -4,8 +4,8 @@ Token meanings, answer conventions and sampling distributions follow the
 published code: ``tasks/cs/*.py`` of google-deepmind/randomized_positional_encodings
 (identical in substance to google-deepmind/neural_networks_chomsky_hierarchy). The
 official binary-arithmetic samplers use Python big integers per sample; here numbers
-are little-endian bit arrays and the arithmetic (carry-lookahead addition via
-``lax.associative_scan``) runs vectorised and jitted on the device.
+are little-endian bit arrays and the arithmetic (carry propagation, a
+carry-lookahead subtractor for the square root) runs vectorised and jitted on the device.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class OddsFirst(Task):
 
 def _add_bits(a: jax.Array, b: jax.Array,
               carry_in: jax.Array | int = 0) -> tuple[jax.Array, jax.Array]:
-  """``a + b + carry_in`` of little-endian bit arrays [..., W]; returns (sum [..., W], carry out [...]).
+  """``a + b + carry_in`` of little-endian bit arrays [..., W] -> (sum [..., W], carry out [...]).
 
   Carry-lookahead: the carry into bit ``i + 1`` is the prefix combination of
   (generate, propagate) pairs over bits ``0..i``, an associative scan of depth
@@ -155,6 +155,20 @@ def _shift_up(bits: jax.Array, k: int) -> jax.Array:
   return jnp.concatenate([pad, bits[..., :-k]], axis=-1)
 
 
+def _normalise(cols: jax.Array) -> jax.Array:
+  """Bits of ``sum_k cols[..., k] 2**k`` for non-negative integer columns [..., W].
+
+  Every column keeps its low bit and passes the rest up one column, until all
+  columns are 0 or 1: the value never changes, and the loop ends after about
+  ``log2(max column)`` plus the longest carry chain passes (a handful for random
+  operands; at most ``W + log2(max column)``). The value must fit in ``W`` bits.
+  """
+  def carry(c):
+    return (c & 1) + _shift_up(c >> 1, 1)
+
+  return jax.lax.while_loop(lambda c: jnp.any(c > 1), carry, cols)
+
+
 def _bit_length(bits: jax.Array) -> jax.Array:
   """Index of the highest set bit plus one (0 for zero), little-endian [..., W] -> [...]."""
   width = bits.shape[-1]
@@ -177,7 +191,8 @@ def _random_positive(rng: jax.Array, widths: jax.Array, max_width: int) -> jax.A
   return jnp.where(pos < top, low, (pos == top).astype(jnp.int32))
 
 
-def _two_operands(rng: jax.Array, batch_size: int, length: int, op_token: int):
+def _two_operands(rng: jax.Array, batch_size: int, length: int,
+                  op_token: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Input ``n op m`` of ``length >= 3`` tokens, as the official binary tasks draw it.
 
   ``|n|`` is uniform on ``1..length-2`` and ``|m| = length - 1 - |n|``; each number
@@ -185,12 +200,11 @@ def _two_operands(rng: jax.Array, batch_size: int, length: int, op_token: int):
   width (zero-padded at the high end). Returns (input [B, length], n bits, m
   bits), the numbers as little-endian bits [B, length - 1].
   """
-  k_len, k_n, k_m = jax.random.split(rng, 3)
+  k_len, k_num = jax.random.split(rng)
   width = length - 1
   len_n = jax.random.randint(k_len, (batch_size,), 1, length - 1)
   len_m = width - len_n
-  n = _random_positive(k_n, len_n, width)
-  m = _random_positive(k_m, len_m, width)
+  n, m = jnp.split(_random_positive(k_num, jnp.concatenate([len_n, len_m]), width), 2)
   pos = jnp.arange(length)[None, :]
   cut = len_n[:, None]
   m_at = jnp.take_along_axis(m, jnp.clip(pos - cut - 1, 0, width - 1), axis=1)
@@ -251,7 +265,7 @@ class BinaryAddition(Task):
       target, mask = _terminated(bits, size, out_len, self.TERMINATION)
       return {"input": bits, "target": target, "target_mask": mask}
     x, n, m = _two_operands(rng, batch_size, length, self.PLUS)
-    total, _ = _add_bits(n, m)  # n + m < 2**(l - 1): no carry out of l - 1 bits
+    total = _normalise(n + m)  # n + m < 2**(l - 1) fits in l - 1 bits
     target, mask = _terminated(total, _bit_length(total), out_len, self.TERMINATION)
     return {"input": x, "target": target, "target_mask": mask}
 
@@ -293,14 +307,10 @@ class BinaryMultiplication(Task):
               "target_mask": jnp.zeros((batch_size, length), bool)}
     x, n, m = _two_operands(rng, batch_size, length, self.TIMES)
     width = length - 1  # the product has at most |n| + |m| = l - 1 bits
-    # Column sums c_k = sum_i n_i m_(k-i) (exact in float32: c_k <= l), then the
-    # sum over their binary digit planes: c = sum_j 2**j plane_j.
+    # Column sums c_k = sum_i n_i m_(k-i) (exact in float32: c_k <= l), then carries.
     conv = jax.vmap(lambda a, b: jnp.convolve(a, b, precision=jax.lax.Precision.HIGHEST))
     cols = jnp.round(conv(n.astype(jnp.float32), m.astype(jnp.float32))).astype(jnp.int32)
-    cols = cols[:, :width]
-    product = cols & 1
-    for j in range(1, max(1, width).bit_length()):
-      product, _ = _add_bits(product, _shift_up((cols >> j) & 1, j))
+    product = _normalise(cols[:, :width])
     target, mask = _terminated(product, _bit_length(product), length, self.TERMINATION)
     return {"input": x, "target": target, "target_mask": mask}
 

@@ -62,12 +62,12 @@ class StackManipulation(Task):
     return length + 1
 
   def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    k_len, k_bits, k_act = jax.random.split(rng, 3)
+    k_len, k_sym = jax.random.split(rng)
     stack_len = jax.random.randint(k_len, (batch_size, 1), 1, max(length, 2))
-    bits = jax.random.randint(k_bits, (batch_size, length), 0, 2)
-    actions = jax.random.randint(k_act, (batch_size, length), self.POP, self.PUSH1 + 1)
+    # r uniform on 0..5 gives a uniform bit (r % 2) or a uniform action (2 + r // 2).
+    r = jax.random.randint(k_sym, (batch_size, length), 0, 6)
     pos = jnp.arange(length)[None, :]
-    x = jnp.where(pos < stack_len, bits, actions)
+    x = jnp.where(pos < stack_len, r % 2, self.POP + r // 2)
 
     # Every token is a push (stack bits and PUSH x) or a pop. The height after
     # step t is the walk of +-1 steps reflected at 0 (a POP on an empty stack is
@@ -116,10 +116,12 @@ def bracket_expressions(rng: jax.Array, batch_size: int, length: int,
   Returns tokens int32 [B, length] (ids: 0..4 digits, 5 +, 6 -, 7 *, 8 (, 9 ))
   and values int32 [B] in 0..4.
   """
-  k_dig, k_op, k_split = jax.random.split(rng, 3)
-  digits = jax.random.randint(k_dig, (length, batch_size), 0, _MOD)
-  ops = _PLUS + jax.random.randint(k_op, (length, batch_size), 0, 3 if mult else 2)
-  split_u = jax.random.uniform(k_split, (length, batch_size))
+  # One uniform draw per step for each of: the digit, the operator, the split
+  # (each used only if that step needs it). floor(k u) is uniform on 0..k-1 up
+  # to float32 granularity (bias < 1e-6).
+  u_digit, u_op, split_u = jax.random.uniform(rng, (3, length, batch_size))
+  digits = jnp.floor(u_digit * _MOD).astype(jnp.int32)
+  ops = _PLUS + jnp.floor(u_op * (3 if mult else 2)).astype(jnp.int32)
   pos = jnp.arange(length)[None, :]
   lit = lambda t: -t - 1
 
