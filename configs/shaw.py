@@ -1,0 +1,7 @@
+"""shaw: see posenc/encodings/shaw.py. Presets as in configs/base.py."""
+
+from configs import base
+
+def get_config(arg=None):
+  c = base.get_config(arg, scheme="shaw")
+  return c

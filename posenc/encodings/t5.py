@@ -1,0 +1,107 @@
+"""T5 relative position bias (Raffel et al., JMLR 2020).
+
+A learned scalar per (distance bucket, head) is added to the attention logits:
+``b_ij = B[bucket(j − i), h]``. The table ``B`` (``num_buckets × H``) is created
+once and shared by every layer, as in the official code (mesh-tensorflow; in
+HF ``T5Attention`` only the first layer has ``has_relative_attention_bias`` and
+its ``position_bias`` is reused by the rest).
+
+Public math: :func:`relative_position_bucket` is the mesh-tensorflow /
+HF ``T5Attention._relative_position_bucket`` function, number for number:
+
+* ``relative_position = j − i`` (key minus query, "memory minus context").
+* ``bidirectional=True`` (encoder): half the buckets per direction; bucket
+  ``num_buckets/2 + b`` for keys *after* the query (``j > i``), ``b`` for keys
+  at or before it.
+* ``bidirectional=False`` (causal decoder): all buckets for ``i − j ≥ 0``;
+  keys after the query (masked anyway) fall in bucket 0.
+* Within a direction, distances below ``max_exact = buckets_per_direction / 2``
+  get their own bucket; larger ones share logarithmically wider buckets up to
+  ``max_distance``; beyond it everything lands in the last bucket.
+
+The log is taken in float32, as in both official implementations (mesh-tensorflow
+``tf.log`` of float32, HF ``torch.log`` of ``.float()``); tested equal to a float64
+re-statement for the default and other usual settings. Where ``log(n/max_exact)``
+lands exactly on a bucket boundary in an unusual setting, float32 and float64 can
+differ by one bucket (e.g. 256 bidirectional buckets, ``max_distance`` 100, at
+``|r| = 80``); this follows the official float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from posenc.encodings.base import Encoding as _Base
+from posenc.errors import ConfigError
+
+
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool = True,
+                             num_buckets: int = 32, max_distance: int = 128) -> jax.Array:
+  """Bucket index (int32, same shape) of ``relative_position = j − i`` (key minus query)."""
+  rel = jnp.asarray(relative_position, jnp.int32)
+  buckets = jnp.zeros_like(rel)
+  if bidirectional:
+    num_buckets //= 2
+    buckets = buckets + (rel > 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(rel)
+  else:
+    n = -jnp.minimum(rel, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # max(n, 1) only keeps log() finite where the small branch is taken anyway.
+  n_f = jnp.maximum(n, 1).astype(jnp.float32)
+  large = max_exact + (jnp.log(n_f / max_exact) / math.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(is_small, n, large)
+
+
+def bias(table_RxH: jax.Array, q_pos: jax.Array, k_pos: jax.Array, *, bidirectional: bool,
+         max_distance: int = 128) -> jax.Array:
+  """``B[bucket(k_pos_j − q_pos_i), h]`` as an additive logit term ``[B|1, H, Lq, Lk]``.
+
+  ``q_pos``/``k_pos`` are int ``[B|1, L]``; with ``[1, L]`` positions the result
+  has batch size 1 (broadcast by the caller, never materialised per example).
+  """
+  rel = k_pos[:, None, :] - q_pos[:, :, None]  # [B|1, Lq, Lk]: j − i
+  buckets = relative_position_bucket(rel, bidirectional, table_RxH.shape[0], max_distance)
+  values = jnp.take(table_RxH.astype(jnp.float32), buckets, axis=0)  # [B|1, Lq, Lk, H]
+  return jnp.transpose(values, (0, 3, 1, 2))
+
+
+class Encoding(_Base):
+  """One learned bucket table shared by all layers, added to every layer's logits.
+
+  Buckets are bidirectional in the encoder and unidirectional in the causal
+  decoder, as T5's encoder and decoder stacks use them. Initialised
+  ``N(0, d_model^-0.5)`` like HF ``T5PreTrainedModel._init_weights``.
+  """
+
+  num_buckets: int = 32
+  max_distance: int = 128
+
+  def setup(self):
+    self.table = self.param("relative_attention_bias",
+                            nn.initializers.normal(self.dims.d_model ** -0.5),
+                            (self.num_buckets, self.dims.num_heads), jnp.float32)
+
+  def check(self, max_position):
+    del max_position  # every distance has a bucket (the last one is open-ended)
+    min_buckets = 4 if not self.dims.causal else 2
+    if self.num_buckets < min_buckets or self.num_buckets % 2:
+      raise ConfigError("config.encoding.num_buckets",
+                        f"must be an even number >= {min_buckets}, got {self.num_buckets}")
+    per_direction = self.num_buckets // (1 if self.dims.causal else 2)
+    if self.max_distance <= per_direction // 2:
+      raise ConfigError("config.encoding.max_distance",
+                        f"must exceed the exact range ({per_direction // 2}) of "
+                        f"{self.num_buckets} buckets, got {self.max_distance}")
+
+  def logits(self, q, k, q_pos, k_pos, layer):
+    del q, k, layer  # one shared table: the term is identical in every layer
+    return bias(self.table, q_pos, k_pos, bidirectional=not self.dims.causal,
+                max_distance=self.max_distance)
