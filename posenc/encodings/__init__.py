@@ -60,7 +60,8 @@ def check_mode(cls: type[Encoding], name: str, causal: bool) -> None:
     reason = f" ({cls.MODE_REASON})" if cls.MODE_REASON else ""
     raise ConfigError(
         "config.model.causal",
-        f"scheme {name!r} is valid only in a {' or '.join(cls.MODES)}, not an {mode}{reason}; "
+        f"scheme {name!r} is valid only in {' or '.join('an ' + m if m[0] == 'e' else 'a ' + m for m in cls.MODES)}, "
+        f"not {'an' if mode == 'encoder' else 'a'} {mode}{reason}; "
         f"set --config.model.causal={other} or pick a scheme valid here, e.g. {alt}")
 
 
