@@ -1,0 +1,8 @@
+"""alibi: see posenc/encodings/alibi.py. Presets as in configs/base.py."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  c = base.get_config(arg, scheme="alibi")
+  return c

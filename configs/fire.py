@@ -1,0 +1,8 @@
+"""fire: see posenc/encodings/fire.py. Presets as in configs/base.py."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  c = base.get_config(arg, scheme="fire")
+  return c

@@ -1,0 +1,8 @@
+"""kerple: see posenc/encodings/kerple.py. Presets as in configs/base.py."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  c = base.get_config(arg, scheme="kerple")
+  return c

@@ -1,0 +1,93 @@
+"""FIRE (Li et al., ICLR 2024, "Functional Interpolation for Relative Positions Improves
+Long Context Transformers"): a learned function of a progressively normalised distance.
+
+  ``b(i, j) = MLP(ψ(i − j) / ψ(max(L̂, i)))``,  ``ψ(x) = log(c·|x| + 1)``,
+
+with an MLP ``1 → 32 → H`` (ReLU), a learned ``c`` (init 0.1) and a learned
+threshold ``L̂ = |λ·L₀|`` (``L₀ = 512`` fixed, multiplier ``λ`` init 1). This
+follows the paper's appendix code: the normaliser is the query position
+``i`` floored at the threshold, and ``eps = 1e-6`` is added to ``ψ`` of the
+normaliser. :func:`normalized_distance` lies in ``[0, 1)`` for ``j ≤ i``.
+
+Layer sharing: like the paper's main FIRE models, each layer has its own MLP,
+``c`` and ``λ`` (``encoding.shared = True`` gives the layer-shared "FIRE-S"
+variant the paper also reports).
+
+Encoder: the distance is ``|i − j|`` (the normaliser stays ``ψ(max(L̂, i))``), so
+keys after the query mirror those before it; for ``i < L̂`` the input stays in
+``[0, 1]``, beyond it a key far after the query may map above 1.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from posenc.encodings.base import Encoding as _Base
+from posenc.errors import ConfigError
+
+EPS = 1e-6
+
+
+def normalized_distance(q_pos: jax.Array, k_pos: jax.Array, c: float | jax.Array = 0.1,
+                        length: float | jax.Array = 512.0) -> jax.Array:
+  """``ψ(|i − j|) / (ψ(max(length, i)) + 1e-6)`` for ``q_pos [..., Lq]``, ``k_pos [..., Lk]`` -> ``[..., Lq, Lk]``.
+
+  ``ψ(x) = log(|c·x| + 1)``; ``length`` is the threshold ``L̂``. Float32.
+  """
+  i = jnp.asarray(q_pos, jnp.float32)[..., :, None]
+  j = jnp.asarray(k_pos, jnp.float32)[..., None, :]
+  c = jnp.asarray(c, jnp.float32)
+  psi = lambda x: jnp.log1p(jnp.abs(c * x))
+  return psi(i - j) / (psi(jnp.maximum(i, jnp.asarray(length, jnp.float32))) + EPS)
+
+
+class _FireFunction(nn.Module):
+  """One FIRE function: its MLP, ``c`` and threshold multiplier."""
+
+  num_heads: int
+  width: int
+  init_c: float
+  init_length: float
+
+  @nn.compact
+  def __call__(self, q_pos, k_pos):
+    c = self.param("c", nn.initializers.constant(self.init_c), (), jnp.float32)
+    multiplier = self.param("length_multiplier", nn.initializers.ones, (), jnp.float32)
+    threshold = jnp.abs(multiplier * self.init_length)
+    x = normalized_distance(q_pos, k_pos, c, threshold)[..., None]  # [B|1, Lq, Lk, 1]
+    h = nn.relu(nn.Dense(self.width, name="hidden")(x))
+    out = nn.Dense(self.num_heads, name="out")(h)  # [B|1, Lq, Lk, H]
+    return jnp.moveaxis(out, -1, -3).astype(jnp.float32)  # [B|1, H, Lq, Lk]
+
+
+class Encoding(_Base):
+  """Adds a FIRE bias to every layer's logits (per-layer functions unless ``shared``)."""
+
+  mlp_width: int = 32
+  init_c: float = 0.1
+  init_length: float = 512.0  # L₀; the learned threshold is |λ·L₀|
+  shared: bool = False
+
+  def check(self, max_position):
+    if self.mlp_width < 1:
+      raise ConfigError("config.encoding.mlp_width", f"must be >= 1, got {self.mlp_width}")
+    if self.init_length <= 0:
+      raise ConfigError("config.encoding.init_length", f"must be > 0, got {self.init_length}")
+    if self.init_c <= 0:
+      raise ConfigError("config.encoding.init_c", f"must be > 0, got {self.init_c}")
+
+  def setup(self):
+    make = lambda name: _FireFunction(self.dims.num_heads, self.mlp_width, self.init_c,
+                                      self.init_length, name=name)
+    if self.shared:
+      self.functions = [make("fire")]
+    else:
+      self.functions = [make(f"fire_layer{l}") for l in range(self.dims.num_layers)]
+
+  def logits(self, q, k, q_pos, k_pos, layer):
+    del q, k
+    fn = self.functions[0 if self.shared else layer]
+    # ψ takes |i − j| in both modes: in a decoder the keys after the query are masked anyway.
+    return fn(q_pos, k_pos)

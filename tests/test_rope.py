@@ -1,0 +1,226 @@
+"""RoPE: rotation properties, pairings, context-extension formulas, end to end."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from posenc import train
+from posenc.encodings import rope
+from posenc.encodings.base import Dims
+from posenc.errors import ConfigError
+from tests import helpers
+
+
+def _rand(shape, seed=0):
+  return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
+
+
+def _dims(max_position, train_length=12, d_model=32, heads=2, causal=False):
+  return Dims(d_model=d_model, num_heads=heads, num_layers=1, causal=causal,
+              max_position=max_position, train_length=train_length)
+
+
+def test_frequencies():
+  np.testing.assert_allclose(rope.frequencies(8), [1.0, 0.1, 0.01, 0.001], rtol=1e-6)
+  np.testing.assert_allclose(rope.frequencies(4, base=100.0), [1.0, 0.1], rtol=1e-6)
+
+
+def test_rotation_of_one_pair():
+  # d = 2, x = (1, 0) at position 3 turns to (cos 3, sin 3).
+  out = rope.rotate(jnp.array([[1.0, 0.0]]), jnp.array([3]))
+  np.testing.assert_allclose(out, [[math.cos(3.0), math.sin(3.0)]], atol=1e-6)
+
+
+def test_dot_product_depends_only_on_offset():
+  q, k = _rand((16,), 1), _rand((16,), 2)
+  dot = lambda a, b: float(rope.rotate(q[None], jnp.array([a]))[0] @ rope.rotate(k[None], jnp.array([b]))[0])
+  ref = dot(3, 1)
+  for a, b in [(10, 8), (2, 0), (1000, 998), (12345, 12343)]:
+    assert dot(a, b) == pytest.approx(ref, abs=2e-4)
+  assert abs(dot(4, 1) - ref) > 1e-2  # a different offset gives a different score
+
+
+def test_norms_preserved():
+  x = _rand((3, 7, 16))
+  pos = jnp.arange(7)[None] * 37
+  for pairing in rope.PAIRINGS:
+    out = rope.rotate(x, pos, pairing=pairing)
+    np.testing.assert_allclose(jnp.linalg.norm(out, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+def test_half_split_is_interleaved_up_to_a_permutation():
+  d = 12
+  x = _rand((5, d))
+  pos = jnp.arange(5) * 3
+  # Interleaved pair m = channels (2m, 2m+1); half-split pair m = channels (m, m + d/2).
+  perm = np.concatenate([np.arange(0, d, 2), np.arange(1, d, 2)])
+  inter = rope.rotate(x, pos, pairing="interleaved")
+  half = rope.rotate(x[:, perm], pos, pairing="half")
+  np.testing.assert_allclose(half, inter[:, perm], atol=1e-6)
+  assert not np.allclose(rope.rotate(x, pos, pairing="half"), inter, atol=1e-3)
+
+
+def test_hook_rotates_q_and_k_per_head_and_leaves_v():
+  dims = _dims(max_position=8)
+  enc = rope.Encoding(dims=dims)
+  q, k, v = _rand((3, 8, 2, 16), 1), _rand((3, 8, 2, 16), 2), _rand((3, 8, 2, 16), 3)
+  pos = jnp.arange(8)[None] + 5  # shared by the batch
+  qo, ko, vo = enc.project(q, k, v, pos, pos, 0)
+  np.testing.assert_array_equal(vo, v)
+  for h in range(2):
+    np.testing.assert_allclose(qo[:, :, h], rope.rotate(q[:, :, h], pos), atol=1e-6)
+    np.testing.assert_allclose(ko[:, :, h], rope.rotate(k[:, :, h], pos), atol=1e-6)
+
+
+# ----------------------------------------------------------------- context extension
+
+def _yarn_reference(dim, base, s, L, beta_fast=32, beta_slow=1):
+  """The YaRN formula restated from jquesnelle/yarn scaled_rope/LlamaYaRNScaledRotaryEmbedding.py
+  and HF transformers modeling_rope_utils._compute_yarn_parameters, in plain Python."""
+  def corr(rot):
+    return dim * math.log(L / (rot * 2 * math.pi)) / (2 * math.log(base))
+  low, high = max(math.floor(corr(beta_fast)), 0), min(math.ceil(corr(beta_slow)), dim - 1)
+  if low == high:
+    high += 0.001
+  out = []
+  for m in range(dim // 2):
+    pos_freq = base ** (2 * m / dim)
+    extrapolation = 1 - min(max((m - low) / (high - low), 0.0), 1.0)  # "inv_freq_mask"
+    out.append(1 / (s * pos_freq) * (1 - extrapolation) + 1 / pos_freq * extrapolation)
+  return np.array(out), 0.1 * math.log(s) + 1
+
+
+def test_yarn_reference_numbers():
+  # Llama-like head: d = 128, base 10000, s = 8, original length 4096.
+  assert rope.yarn_correction_range(128, 10000.0, 4096) == (20.0, 46.0)
+  inv, attn = rope.scaled_frequencies(128, scaling="yarn", factor=8.0, original_length=4096)
+  ref, ref_attn = _yarn_reference(128, 10000.0, 8.0, 4096)
+  np.testing.assert_allclose(inv, ref, rtol=2e-6)
+  assert attn == pytest.approx(ref_attn) == pytest.approx(1.2079441541679836)
+  # Hand-checked entries: pairs <= 20 keep θ, pairs >= 46 get θ/8, in between a ramp.
+  for m, value in [(0, 1.0), (20, 0.05623413251903491), (21, 0.0470579194992012),
+                   (33, 0.0048710493189003685), (46, 0.0001666901790204155),
+                   (63, 1.4434774808618228e-05)]:
+    assert float(inv[m]) == pytest.approx(value, rel=2e-6)
+  # A small head (the smoke model: d_h = 8, L = 12) clamps the range to (0, 1).
+  inv8, _ = rope.scaled_frequencies(8, scaling="yarn", factor=4.0, original_length=12)
+  np.testing.assert_allclose(inv8, _yarn_reference(8, 10000.0, 4.0, 12)[0], rtol=2e-6)
+
+
+def test_linear_is_position_interpolation():
+  x = _rand((6, 16))
+  pos = jnp.arange(6) * 5
+  inv, attn = rope.scaled_frequencies(16, scaling="linear", factor=4.0)
+  assert attn == 1.0
+  np.testing.assert_allclose(rope.rotate(x, pos, inv_freq=inv), rope.rotate(x, pos / 4.0), atol=1e-5)
+
+
+def test_ntk_rescales_the_base():
+  d, s = 16, 4.0
+  inv, _ = rope.scaled_frequencies(d, scaling="ntk", factor=s)
+  np.testing.assert_allclose(inv, rope.frequencies(d, 10000.0 * s ** (d / (d - 2))), rtol=1e-6)
+  assert float(inv[0]) == 1.0  # the fastest pair is kept
+  assert float(inv[-1]) == pytest.approx(float(rope.frequencies(d)[-1]) / s, rel=1e-5)  # the slowest / s
+
+
+def test_dynamic_ntk_reference():
+  # HF _compute_dynamic_ntk_parameters restated: base·(α·L'/L − (α − 1))^{d/(d−2)}, L' = max(L', L).
+  d, L = 128, 4096
+  for factor, length in [(2.0, 8192), (1.0, 6000), (2.0, 1000)]:
+    cur = max(length, L)
+    new_base = 10000.0 * (factor * cur / L - (factor - 1)) ** (d / (d - 2))
+    ref = [new_base ** (-2 * m / d) for m in range(d // 2)]
+    got = rope.dynamic_ntk_frequencies(d, jnp.array(length), original_length=L, factor=factor)
+    np.testing.assert_allclose(got, ref, rtol=2e-5)
+  got = rope.dynamic_ntk_frequencies(d, jnp.array(8192), original_length=L, factor=2.0)
+  assert float(got[1]) == pytest.approx(0.8509942913412162, rel=1e-5)  # base' = 30527.74
+
+
+def _project_q(enc, x, length):
+  pos = jnp.arange(length)[None]
+  return jax.jit(lambda x_: enc.project(x_, x_, x_, pos, pos, 0)[0])(x[:, :length])
+
+
+@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn", "dynamic_ntk"])
+def test_scaling_applies_only_beyond_the_training_program(scaling):
+  x = _rand((1, 96, 2, 16))
+  # Training: train_length 12 is padded to a 16-position program; nothing is rescaled there.
+  np.testing.assert_array_equal(_project_q(rope.Encoding(dims=_dims(16), scaling=scaling), x, 16),
+                                _project_q(rope.Encoding(dims=_dims(16)), x, 16))
+  # Evaluation at 8x: a 96-position program gets s = 96 / 12 = 8.
+  got = _project_q(rope.Encoding(dims=_dims(96), scaling=scaling), x, 96)
+  if scaling == "dynamic_ntk":
+    theta, scale = rope.dynamic_ntk_frequencies(16, jnp.array(96.0), original_length=12), 1.0
+  else:
+    theta, scale = rope.scaled_frequencies(16, scaling=scaling, factor=8.0, original_length=12)
+  want = rope.rotate(x[:, :, 0], jnp.arange(96)[None], inv_freq=theta, scale=scale)
+  np.testing.assert_allclose(got[:, :, 0], want, atol=1e-5)
+  assert not np.allclose(got, _project_q(rope.Encoding(dims=_dims(96)), x, 96), atol=1e-3)
+
+
+def test_yarn_scales_cos_and_sin():
+  enc = rope.Encoding(dims=_dims(max_position=96), scaling="yarn")
+  x = _rand((1, 96, 2, 16))
+  pos = jnp.arange(96)[None]
+  q = enc.project(x, x, x, pos, pos, 0)[0]
+  np.testing.assert_allclose(jnp.linalg.norm(q, axis=-1), (0.1 * math.log(8) + 1) * jnp.linalg.norm(x, axis=-1),
+                             rtol=1e-5)
+
+
+def test_explicit_factor_and_original_length():
+  enc = rope.Encoding(dims=_dims(max_position=96), scaling="linear", factor=2.0)
+  np.testing.assert_allclose(enc.static_frequencies()[0], rope.frequencies(16) / 2, rtol=1e-6)
+  # original_length 64 (e.g. randomized training positions): a 64-position program is not rescaled.
+  enc = rope.Encoding(dims=_dims(max_position=64), scaling="linear", original_length=64)
+  np.testing.assert_allclose(enc.static_frequencies()[0], rope.frequencies(16), rtol=1e-6)
+
+
+@pytest.mark.parametrize("field,kwargs", [("config.encoding.scaling", {"scaling": "ntk-aware"}),
+                                          ("config.encoding.pairing", {"pairing": "neox"}),
+                                          ("config.encoding.factor", {"factor": 0.5})])
+def test_bad_options_are_config_errors(field, kwargs):
+  with pytest.raises(ConfigError) as e:
+    rope.Encoding(dims=_dims(max_position=16), **kwargs).check(16)
+  assert e.value.field == field
+
+
+# ----------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  path = tmp_path_factory.mktemp("rope")
+  return path, helpers.run_smoke(path, "rope", **{"model.causal": False})
+
+
+def test_smoke_encoder(trained):
+  _, results = trained
+  helpers.check_smoke_results(results)
+  assert results["mode"] == "encoder"
+
+
+def test_smoke_decoder(tmp_path):
+  results = helpers.run_smoke(tmp_path, "rope", **{"model.causal": True})
+  helpers.check_smoke_results(results)
+  assert results["mode"] == "decoder"
+
+
+def _reevaluate(path, tmp_path, scaling):
+  c = helpers.config("rope", **{"init.from_workdir": str(path / "rope-run"), "train.steps": 0,
+                                "encoding.scaling": scaling, "eval.max_length": 48})
+  c.workdir = str(tmp_path / f"{scaling}-8x")
+  return train.train_and_evaluate(c, log=lambda *_: None)
+
+
+def test_reevaluate_trained_run_at_8x_with_yarn(trained, tmp_path):
+  path, _ = trained
+  yarn = _reevaluate(path, tmp_path, "yarn")
+  helpers.check_smoke_results(yarn)
+  assert yarn["eval_range"] == [1, 48] and yarn["steps"] == 0  # 8x the training length of 6
+  # The bucket of lengths 1..6 (a 16-position program, as in training) is not rescaled, so
+  # there the warm-started model scores exactly as without scaling.
+  plain = _reevaluate(path, tmp_path, "none")
+  for length in range(1, 7):
+    assert yarn["per_length"][str(length)] == pytest.approx(plain["per_length"][str(length)], abs=1e-6)
