@@ -2,6 +2,11 @@
 
   python -m experiments.run --config=configs/sinusoidal.py
   python -m experiments.run --config=configs/sinusoidal.py:smoke --config.train.steps=50 --workdir=/tmp/r
+  python -m experiments.run --config=configs/sweeps/chomsky.py:paper --sweep_index=17
+
+With ``--sweep_index=N`` the config is a sweep file and the run is its point N (see
+experiments/sweeping.py); ``--config.x=y`` overrides win over the point's values, and the
+workdir is ``<sweep root>/<point name>`` unless ``--workdir`` names one.
 
 Bad input (an unknown scheme, task, preset or override key; a length a scheme
 cannot represent; a workdir that is a file) ends with one line naming the field
@@ -10,9 +15,10 @@ and exit status 2, before any compute.
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from posenc.errors import ConfigError
@@ -21,19 +27,54 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/<scheme>.py[:smoke|paper].",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: runs/<derived from the config>).")
+_SWEEP_INDEX = flags.DEFINE_integer(
+    "sweep_index", None, "With a sweep config (configs/sweeps/*.py): run its point N, 0-based "
+    "(python -m experiments.sweep --config=... --count says how many).")
+
+
+def sweep_point(config):
+  """The run config of ``--sweep_index``'s point (``config`` itself without the flag)."""
+  from experiments import sweeping
+  index = _SWEEP_INDEX.value
+  path = config_flags.get_config_filename(flags.FLAGS["config"])
+  if index is None:
+    if sweeping.is_sweep_config(config):
+      raise ConfigError("--sweep_index", f"{path} is a sweep config; pass --sweep_index=N to run "
+                        f"its point N (python -m experiments.sweep --config={path} --count)")
+    return config
+  if not sweeping.is_sweep_config(config):
+    raise ConfigError("--sweep_index", f"{path} is not a sweep config; pass one of "
+                      "configs/sweeps/*.py, or drop --sweep_index")
+  points = sweeping.points(sweeping.load_module(path), config)
+  if not 0 <= index < len(points):
+    raise ConfigError("--sweep_index", f"{index} is out of range: this sweep has {len(points)} "
+                      f"points, 0..{len(points) - 1}")
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  resolved = sweeping.resolve(config, points[index], index, overrides)
+  print(f"sweep point {index} of {len(points)}: {sweeping.describe(points[index])}", flush=True)
+  return resolved
 
 
 def main(argv):
+  # Bad command lines end with one line and status 2 (absl's UsageError would print the usage).
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    print(f"error: unexpected arguments: {' '.join(argv[1:])}; every setting is a flag, "
+          "e.g. --config.train.steps=100", file=sys.stderr)
+    sys.exit(2)
+  if _CONFIG.value is None:
+    print("error: --config: required, e.g. --config=configs/sinusoidal.py:smoke", file=sys.stderr)
+    sys.exit(2)
   logging.set_verbosity(logging.ERROR)  # orbax and JAX are chatty below ERROR
+  # A check failing inside a compiled step (e.g. FLOATER's ODE solver) is also logged, with a
+  # traceback, by JAX's callback machinery; train.py reports the error itself as one line.
+  std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
   from posenc import train  # imports JAX; kept after flag parsing so --help is instant
 
-  config = _CONFIG.value
-  if _WORKDIR.value:
-    with config.unlocked():
-      config.workdir = _WORKDIR.value
   try:
+    config = sweep_point(_CONFIG.value)
+    if _WORKDIR.value:
+      with config.unlocked():
+        config.workdir = _WORKDIR.value
     train.train_and_evaluate(config)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -88,10 +88,11 @@ def make_batch_fn(task: Task, position_sampler: Callable, *, batch_size: int,
   lay = getattr(task, "layout", None) or functools.partial(layout, task)
 
   if task.native_padded:
-    table = jnp.asarray(lengths, jnp.int32)
 
     def batch_fn(rng, index):
-      length = table[index]
+      # The table is built while tracing (a constant of the program), not eagerly, which
+      # would compile a tiny conversion program per bucket.
+      length = jnp.asarray(lengths, jnp.int32)[index]
       k_task, k_pos = jax.random.split(rng)
       sample = task.sample_padded(k_task, batch_size, length, longest)
       batch = lay(sample, length, causal=causal, padded_length=padded_length)

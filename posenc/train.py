@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from typing import Any, Callable
 
@@ -28,7 +29,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from posenc import data as data_lib
-from posenc import encodings, positions as positions_lib, reporting, tasks
+from posenc import encodings, parallel, positions as positions_lib, reporting, tasks
 from posenc.encodings.base import Dims
 from posenc.errors import ConfigError
 from posenc.model import ModelConfig, Transformer
@@ -38,7 +39,32 @@ _RESUMABLE_FIELDS = ("train.steps", "train.log_every", "eval", "checkpoint", "wo
 
 
 class TrainingDiverged(RuntimeError):
-  """Loss or gradients became NaN/Inf; the last good checkpoint is kept."""
+  """Loss or gradients became NaN/Inf, or a compiled step failed at run time (e.g. a scheme's
+  solver gave up); the last good checkpoint is kept."""
+
+
+# Exceptions raised from inside a compiled program: XLA runtime errors (``jax.errors.JaxRuntimeError``;
+# a failing ``eqx.error_if`` under jit arrives as one, or as a ValueError "INTERNAL: CpuCallback
+# error ... EquinoxRuntimeError: <message>" when raised at dispatch) and equinox's own error types
+# (raised when the check runs outside jit, e.g. in ``model.init``). Matched by name and text so
+# that equinox stays optional here.
+_RUNTIME_ERROR_NAMES = {"JaxRuntimeError", "XlaRuntimeError", "EquinoxRuntimeError",
+                        "EqxRuntimeError", "_EquinoxRuntimeError", "EquinoxTracetimeError"}
+
+
+def runtime_error_message(e: BaseException) -> str | None:
+  """One line saying why a compiled program failed, or None if ``e`` is not such a failure.
+
+  The scheme's own message (e.g. "FLOATER ODE solver: ... raise config.encoding.max_steps") is
+  the last ``SomeError: text`` line of the (often very long) XLA/equinox error text.
+  """
+  text = str(e)
+  if not ({c.__name__ for c in type(e).__mro__} & _RUNTIME_ERROR_NAMES
+          or "EquinoxRuntimeError" in text or re.search(r"\bCallback error\b", text)):
+    return None
+  found = re.findall(r"^\s*[\w.]*(?:Error|Exception): (\S.*)$", text, re.M)
+  line = found[-1] if found else next((l for l in text.splitlines() if l.strip()), type(e).__name__)
+  return " ".join(line.split())[:500].rstrip(" .;")
 
 
 # ----------------------------------------------------------------------------- setup
@@ -91,7 +117,9 @@ def _positive(config, path: str, allow_zero: bool = False) -> None:
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
   """Validates ``config`` and derives the run's shapes; raises ConfigError naming the field."""
-  task = tasks.get(config.task.name)
+  # The config goes along so a task with settings of its own (language modelling: corpus,
+  # evaluation lengths, decoder only) is built and validated here, before any compute.
+  task = tasks.get(config.task.name, config)
   cls = encodings.get(config.encoding.name)
   for path in ("train.steps",):
     _positive(config, path, allow_zero=True)
@@ -119,15 +147,22 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     raise ConfigError("config.model.dtype", f"unknown {m.dtype!r}; choose float32 or bfloat16")
   if config.train.schedule not in ("constant", "cosine"):
     raise ConfigError("config.train.schedule", f"unknown {config.train.schedule!r}; choose constant or cosine")
-  if config.num_seeds != 1:
-    raise ConfigError("config.num_seeds", "only 1 is supported by this version; run seeds as separate runs")
+  if not isinstance(config.num_seeds, int) or config.num_seeds < 1:
+    raise ConfigError("config.num_seeds", f"must be a positive integer, got {config.num_seeds!r}")
+  devices = jax.device_count()
+  if config.train.batch_size % devices:
+    raise ConfigError("config.train.batch_size",
+                      f"{config.train.batch_size} does not split over {devices} devices; "
+                      f"use a multiple of {devices}")
   t = config.task
   if t.train_min_length > t.train_max_length:
     raise ConfigError("config.task.train_min_length",
-                      f"{t.train_min_length} exceeds train_max_length={t.train_max_length}")
+                      f"{t.train_min_length} exceeds train_max_length={t.train_max_length}; "
+                      "lower it or raise config.task.train_max_length")
   if config.eval.min_length > config.eval.max_length:
     raise ConfigError("config.eval.min_length",
-                      f"{config.eval.min_length} exceeds eval.max_length={config.eval.max_length}")
+                      f"{config.eval.min_length} exceeds eval.max_length={config.eval.max_length}; "
+                      "lower it or raise config.eval.max_length")
   encodings.check_mode(cls, config.encoding.name, bool(m.causal))
   positions_lib.validate(config.positions)
 
@@ -149,6 +184,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   workdir = config.workdir or os.path.join(
       "runs", f"{config.encoding.name}-{t.name}-{config.preset}-seed{config.seed}-{h}")
   s = Setup(config, task, model_cfg, train_lengths, train_padded, eval_buckets, workdir, h)
+  if config.num_seeds > 1 and hasattr(task, "evaluate"):
+    raise ConfigError("config.num_seeds", f"the {t.name} task's evaluation runs one seed at a "
+                      "time; set --config.num_seeds=1 and run seeds as separate runs (a sweep)")
   src = config.init.from_workdir
   if src:
     if not os.path.isdir(os.path.join(src, "checkpoints")) or not any(
@@ -175,6 +213,9 @@ def check_workdir(s: Setup) -> None:
   parent = wd
   while parent and not os.path.exists(parent):
     parent = os.path.dirname(parent)
+  if parent and parent != wd and not os.path.isdir(parent):  # e.g. --workdir=some_file/run
+    raise ConfigError("--workdir", f"{parent!r} is a file, so {wd!r} cannot be created under it; "
+                      "pass a directory path")
   if not os.access(parent or ".", os.W_OK):
     raise ConfigError("--workdir", f"{parent or '.'!r} is not writable; choose a writable --workdir")
   saved = os.path.join(wd, "config.json")
@@ -222,10 +263,22 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.chain(*parts)
 
 
-def root_keys(seed: int) -> dict[str, jax.Array]:
-  """The run's rng tree: every random draw descends from one of these."""
+def root_keys(seed: int, num_seeds: int = 1) -> dict[str, jax.Array]:
+  """The run's rng tree: every random draw descends from one of these.
+
+  With ``num_seeds = S > 1`` each key gets a leading axis of S: run k uses exactly the keys
+  of a single run with seed ``seed + k``, so S vmapped runs equal S separate ones.
+  """
+  if num_seeds > 1:
+    per_seed = [root_keys(seed + k) for k in range(num_seeds)]
+    return {name: jnp.stack([k[name] for k in per_seed]) for name in per_seed[0]}
   root = jax.random.PRNGKey(seed)
   return dict(zip(("init", "train", "eval"), jax.random.split(root, 3)))
+
+
+def seeded(fn: Callable, num_seeds: int) -> Callable:
+  """``fn`` vmapped over a leading seed axis of every argument when ``num_seeds > 1``."""
+  return jax.vmap(fn) if num_seeds > 1 else fn
 
 
 def init_state(s: Setup, key: jax.Array) -> dict:
@@ -248,10 +301,14 @@ def make_train_step(s: Setup) -> Callable:
       padded_length=s.train_padded, causal=s.causal)
   n = len(s.train_lengths)
 
+  mesh = parallel.data_mesh()
+  batch_size = s.config.train.batch_size
+
   def step_fn(state, key):
     rng = jax.random.fold_in(key, state["step"])
     k_len, k_data, k_drop = jax.random.split(rng, 3)
     batch = batch_fn(k_data, jax.random.randint(k_len, (), 0, n))
+    batch = parallel.shard_batch(batch, mesh, batch_size)  # data parallel over all devices
 
     def loss_fn(params):
       logits = model.apply({"params": params}, batch["tokens"], batch["positions"], batch["valid"],
@@ -280,12 +337,21 @@ def checkpoint_manager(s: Setup) -> ocp.CheckpointManager:
 def load_params(workdir: str, step: int = 0) -> tuple[dict, int]:
   """The parameters saved in another run's checkpoint (``step`` 0: the latest)."""
   mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+                               options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_handlers=ocp.StandardCheckpointHandler())
   step = step or mngr.latest_step()
   if step not in mngr.all_steps():
     raise ConfigError("config.init.step", f"no checkpoint at step {step} in {workdir!r}; "
                       f"available: {sorted(mngr.all_steps())}")
-  tree = mngr.restore(step, args=ocp.args.StandardRestore())
+  # A target on this process's first device, built from the saved metadata, so a checkpoint
+  # written on another topology (8 devices, several hosts) loads here too.
+  meta = mngr.item_metadata(step)
+  meta = getattr(meta, "tree", meta)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), meta,
+      is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+  tree = mngr.restore(step, args=ocp.args.StandardRestore(target) if target else None)
   return tree["params"], step
 
 
@@ -295,16 +361,17 @@ def warm_start(params: dict, source: dict, origin: str, *,
 
   Returns the new params, the copied paths and the paths left at their initial values.
   """
-  flat_src = {"/".join(str(getattr(k, "key", k)) for k in path): v
-              for path, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+  flat_src = {_path_name(path): v for path, v in jax.tree_util.tree_flatten_with_path(source)[0]}
   copied, fresh = [], []
 
   def pick(path, value):
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    name = _path_name(path)
     if name not in flat_src:
       fresh.append(name)
       return value
     got = np.asarray(flat_src[name])
+    if got.shape != value.shape and got.shape == value.shape[1:]:
+      got = np.broadcast_to(got, value.shape)  # one run's parameters start every vmapped seed
     if got.shape != value.shape:
       raise ConfigError("config.init.from_workdir",
                         f"parameter {name} has shape {got.shape} in {origin!r} but {value.shape} "
@@ -316,24 +383,90 @@ def warm_start(params: dict, source: dict, origin: str, *,
   return new, copied, fresh
 
 
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def _saved_param_shapes(directory: str, step: int) -> dict[str, tuple] | None:
+  """``{path: shape}`` of the parameters saved at ``step``, from the checkpoint's metadata only
+  (no array is read); None when the metadata is unreadable."""
+  try:
+    reader = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                   item_handlers=ocp.StandardCheckpointHandler())
+    tree = reader.item_metadata(step)
+    params = getattr(tree, "tree", tree)["params"]
+    return {_path_name(p): tuple(leaf.shape)
+            for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  except Exception:  # noqa: BLE001 — damaged metadata: restore_latest deals with that step
+    return None
+
+
+def check_checkpoint_fits(mngr: ocp.CheckpointManager, params: dict, workdir: str) -> None:
+  """Refuses (before anything is written) a workdir whose newest readable checkpoint holds a model
+  of other shapes: restoring would fail, and that failure must not be taken for damage (which
+  would set the old run's checkpoints aside and start over in its folder)."""
+  here = {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  for step in sorted(mngr.all_steps(), reverse=True):
+    saved = _saved_param_shapes(str(mngr.directory), step)
+    if saved is None:
+      continue
+    if saved != here:
+      name = (sorted(set(saved) ^ set(here)) or [k for k in sorted(here) if saved[k] != here[k]])[0]
+      raise ConfigError("--workdir", f"{workdir!r} holds checkpoints of a different model (parameter "
+                        f"{name}: {saved.get(name, 'absent')} there, {here.get(name, 'absent')} here); "
+                        "choose a new --workdir, or use the model config of that run")
+    return
+
+
+def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str | None:
+  """Moves a damaged step folder to ``<workdir>/damaged_checkpoints/`` (kept for inspection).
+
+  Leaving it in place would make orbax list it again, and refuse to save that step when the
+  resumed run reaches it (StepAlreadyExistsError). Returns the new path (None if not moved).
+  """
+  src = os.path.join(str(mngr.directory), str(step))
+  if jax.process_index() != 0 or not os.path.isdir(src):
+    return None
+  dest_dir = os.path.join(os.path.dirname(str(mngr.directory)), "damaged_checkpoints")
+  dest = os.path.join(dest_dir, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+  try:
+    os.makedirs(dest_dir, exist_ok=True)
+    os.replace(src, dest)
+  except OSError:
+    return None
+  mngr.reload()
+  return dest
+
+
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: dict) -> tuple[dict | None, int]:
-  """Restores the newest readable checkpoint; a damaged one is skipped with a warning."""
+  """Restores the newest readable checkpoint; a damaged one is moved aside with a warning.
+
+  (A checkpoint of different shapes never gets here: ``check_checkpoint_fits`` refuses it first.)
+  """
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       state = mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
       return state, step
     except Exception as e:  # noqa: BLE001 — any unreadable checkpoint falls back to an older one
+      moved = _move_aside(mngr, step)
       print(f"warning: checkpoint at step {step} is unreadable ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}); falling back to an older one", flush=True)
+            f"{(str(e).splitlines() or [''])[0][:200]}); "
+            + (f"moved it to {moved}; " if moved else "") + "falling back to an older one", flush=True)
   return None, 0
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | None = print) -> dict:
-  """Scores every length in ``[eval.min_length, eval.max_length]``; one program per bucket."""
+def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | None = print,
+             num_seeds: int = 1) -> dict | list[dict]:
+  """Scores every length in ``[eval.min_length, eval.max_length]``; one program per bucket.
+
+  With ``num_seeds > 1``, ``params`` and ``key`` carry a leading seed axis, the seeds are
+  vmapped inside each program, and a list of per-seed dicts is returned.
+  """
   e = s.config.eval
+  mesh = parallel.data_mesh()
   batch_size = min(e.batch_size, e.samples_per_length)
   chunks = math.ceil(e.samples_per_length / batch_size)
   sums: dict[int, list] = {}
@@ -344,25 +477,29 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
         s.task, positions_lib.make(s.config.positions, train=False), batch_size=batch_size,
         lengths=lengths, padded_length=padded, causal=s.causal)
 
-    @jax.jit
-    def score(params, key, index, chunk, model=model, batch_fn=batch_fn, lengths=lengths):
+    def score_one(params, key, index, chunk, model=model, batch_fn=batch_fn, lengths=lengths):
       length = jnp.asarray(lengths, jnp.int32)[index]
       batch = batch_fn(jax.random.fold_in(jax.random.fold_in(key, length), chunk), index)
+      if batch_size % mesh.size == 0:
+        batch = parallel.shard_batch(batch, mesh, batch_size)
       logits = model.apply({"params": params}, batch["tokens"], batch["positions"], batch["valid"],
                            train=False)
       seq, has = data_lib.sequence_scores(logits, batch)
       return jnp.stack([jnp.sum(jnp.where(has, seq, 0.0)), jnp.sum(has)])
+
+    score = jax.jit(jax.vmap(score_one, in_axes=(0, 0, None, None)) if num_seeds > 1 else score_one)
 
     for i, length in enumerate(lengths):
       sums[length] = [score(params, key, i, c) for c in range(chunks)]
     if log:
       log(f"eval: lengths {lengths[0]}–{lengths[-1]} (padded to {padded}) "
           f"dispatched, {time.perf_counter() - t0:.1f}s")
-  per_length = {}
+  per_seed = [{} for _ in range(num_seeds)]
   for length, parts in sums.items():
-    total = np.sum(np.stack(jax.device_get(parts)), axis=0)
-    per_length[length] = float(total[0] / total[1]) if total[1] > 0 else float("nan")
-  return per_length
+    total = np.sum(np.stack(jax.device_get(parts)), axis=0).reshape(num_seeds, 2)
+    for k in range(num_seeds):
+      per_seed[k][length] = float(total[k, 0] / total[k, 1]) if total[k, 1] > 0 else float("nan")
+  return per_seed if num_seeds > 1 else per_seed[0]
 
 
 def summarize(s: Setup, per_length: dict[int, float]) -> dict:
@@ -388,28 +525,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
   done_path = os.path.join(wd, "DONE")
   results_path = os.path.join(wd, "results.json")
   if os.path.exists(done_path) and os.path.exists(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
-    if results.get("steps") == config.train.steps:
+    with open(done_path) as f:
+      done_hash = f.read().strip()
+    if done_hash == s.config_hash:  # the same run finished: nothing to redo
+      with open(results_path) as f:
+        results = json.load(f)
       log(f"{wd}: already complete (DONE exists); results in {results_path}")
       return results
   # Everything that can refuse this run is checked before anything is written.
-  keys = root_keys(config.seed)
+  S = config.num_seeds
+  keys = root_keys(config.seed, S)
+  mesh = parallel.data_mesh()
+  try:  # the model's initial state (pure compute, so a scheme that fails here writes nothing)
+    state = seeded(lambda k: init_state(s, k), S)(keys["init"])
+  except Exception as e:  # noqa: BLE001 — only a compiled program's runtime failure is translated
+    msg = runtime_error_message(e)
+    if msg is None:
+      raise
+    raise ConfigError("config.encoding", f"the {config.encoding.name} scheme failed while "
+                      f"initialising the model: {msg}") from None
   mngr = checkpoint_manager(s) if os.path.isdir(os.path.join(wd, "checkpoints")) else None
   has_own = mngr is not None and bool(mngr.all_steps())
+  if has_own:
+    check_checkpoint_fits(mngr, state["params"], wd)
   source = None
   if config.init.from_workdir and not has_own:
     source, src_step = load_params(config.init.from_workdir, config.init.step)
-    abstract_params = jax.eval_shape(lambda: init_state(s, keys["init"]))["params"]
-    warm_start(abstract_params, source, config.init.from_workdir, check_only=True)
+    warm_start(state["params"], source, config.init.from_workdir, check_only=True)
 
-  os.makedirs(wd, exist_ok=True)
-  if writer_process:
-    reporting.atomic_write_json(os.path.join(wd, "config.json"), config.to_dict())
+  try:
+    os.makedirs(wd, exist_ok=True)
+    if writer_process:
+      reporting.atomic_write_json(os.path.join(wd, "config.json"), config.to_dict())
+  except OSError as e:  # e.g. a read-only file system, where os.access cannot tell (root)
+    raise ConfigError("--workdir", f"cannot write {wd!r} ({e.strerror or e}); "
+                      "choose a writable --workdir") from None
   log(f"run: {config.encoding.name} on {config.task.name} ({config.preset} preset, seed {config.seed}) "
       f"-> {wd}")
 
-  state = init_state(s, keys["init"])
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"]))
   mngr = mngr or checkpoint_manager(s)
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
@@ -419,7 +572,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
     log(f"resumed from checkpoint at step {start}")
   elif source is not None:
     params, copied, fresh = warm_start(state["params"], source, config.init.from_workdir)
-    state = {**state, "params": params, "opt_state": make_optimizer(config).init(params)}
+    state = {**state, "params": params, "opt_state": seeded(make_optimizer(config).init, S)(params)}
     log(f"warm start: {len(copied)} parameter arrays from {config.init.from_workdir} "
         f"(step {src_step}); {len(fresh)} fresh" + (f": {', '.join(fresh[:6])}" if fresh else ""))
   log(f"model: {config.model.num_layers} layers, d={config.model.d_model}, {n_params:,} parameters; "
@@ -428,14 +581,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
   total = config.train.steps
   writer = reporting.MetricsWriter(wd, enabled=writer_process, resume_step=start)
   progress = reporting.Progress(total, start)
-  step_fn = jax.jit(make_train_step(s), donate_argnums=0)
+  if mesh.size > 1:  # parameters and optimizer state replicated; the batch is split in the step
+    state = jax.device_put(state, parallel.replicated(mesh))
+  step_fn = jax.jit(seeded(make_train_step(s), S), donate_argnums=0)
   pending: list[dict] = []
   t_start = time.perf_counter()
   compile_s = None
   last_good = start
   step = start
+  synced = dispatched = start  # last step whose metrics reached the host; last step launched
+  kept = lambda: (f"the last good checkpoint (step {last_good}) is kept" if last_good
+                  else "no checkpoint had been written yet")
   try:
     while step < total:
+      dispatched = step + 1
       state, metrics = step_fn(state, keys["train"])
       step += 1
       pending.append(metrics)
@@ -448,13 +607,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
       if step % config.train.log_every == 0 or save_now:
         stacked = jax.device_get(jax.tree_util.tree_map(lambda *x: jnp.stack(x), *pending))
         pending = []
+        synced = step
         if not (np.all(np.isfinite(stacked["loss"])) and np.all(np.isfinite(stacked["grad_norm"]))):
           bad = step - len(stacked["loss"]) + int(np.argmax(~(np.isfinite(stacked["loss"])
                                                                & np.isfinite(stacked["grad_norm"])))) + 1
           raise TrainingDiverged(
               f"training diverged at step {bad}: loss or gradient norm is NaN/Inf; likely cause: "
               f"learning rate too high (config.train.learning_rate={config.train.learning_rate}) "
-              f"or an unstable scheme setting; the last good checkpoint (step {last_good}) is kept")
+              f"or an unstable scheme setting; {kept()}")
         summary = {k: float(np.mean(v)) for k, v in stacked.items() if k != "length"}
         summary["mean_length"] = float(np.mean(stacked["length"]))
         writer.write(step, summary)
@@ -464,6 +624,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
           mngr.save(step, args=ocp.args.StandardSave(state), force=(step == total))
           last_good = step
     mngr.wait_until_finished()
+  except Exception as e:  # noqa: BLE001 — only a compiled step's runtime failure is translated
+    # Steps run asynchronously: an error raised inside one (e.g. FLOATER's ODE solver giving up)
+    # surfaces at a later dispatch or sync, so the failing step is known to within a range.
+    msg = runtime_error_message(e)
+    if msg is None:
+      raise
+    where = (f"at step {dispatched}" if dispatched <= synced + 1
+             else f"between steps {synced + 1} and {dispatched}")
+    raise TrainingDiverged(f"training failed {where}: {msg}; {kept()}") from None
   finally:
     writer.close()
   train_s = time.perf_counter() - t_start
@@ -471,28 +640,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
   log(f"evaluating lengths {config.eval.min_length}–{config.eval.max_length} "
       f"in {len(s.eval_buckets)} buckets")
   t_eval = time.perf_counter()
-  per_length = evaluate(s, state["params"], keys["eval"], log=log)
+  try:
+    extra = {}
+    if hasattr(s.task, "evaluate"):  # a task with its own protocol (language modelling)
+      extra = dict(s.task.evaluate(s, state["params"], keys["eval"], log=log))
+      per_length = extra.pop("per_length")
+    else:
+      per_length = evaluate(s, state["params"], keys["eval"], log=log, num_seeds=S)
+  except Exception as e:  # noqa: BLE001 — a scheme failing at a longer length (e.g. its solver)
+    msg = runtime_error_message(e)
+    if msg is None:
+      raise
+    kept_eval = (f"training finished and its checkpoint (step {total}) is kept: re-evaluate it in "
+                 f"a new --workdir with --config.init.from_workdir={wd} --config.train.steps=0 "
+                 "and the changed setting") if total else "no training step was run"
+    raise TrainingDiverged(f"evaluation failed: {msg}; {kept_eval}") from None
   eval_s = time.perf_counter() - t_eval
-  summary = summarize(s, per_length)
-  results = {
-      "scheme": config.encoding.name, "task": config.task.name, "preset": config.preset,
-      "seed": config.seed, "config_hash": s.config_hash, "steps": total,
-      "train_range": [config.task.train_min_length, config.task.train_max_length],
-      "eval_range": [config.eval.min_length, config.eval.max_length],
-      "per_length": {str(k): v for k, v in sorted(per_length.items())},
-      **summary, "score": summary["out_of_range_score"],
-      "eval_programs": len(s.eval_buckets), "num_params": n_params,
-      "timing": {"compile_s": compile_s, "train_s": train_s, "eval_s": eval_s},
-      "mode": "decoder" if s.causal else "encoder",
-  }
+  if hasattr(s.task, "evaluate"):
+    summary = {k: extra.pop(k) for k in ("in_range_score", "out_of_range_score")}
+  per_seed = per_length if S > 1 else [per_length]
+
+  def results_of(per_length, summary, seed):
+    return {
+        "scheme": config.encoding.name, "task": config.task.name, "preset": config.preset,
+        "seed": seed, "config_hash": s.config_hash, "steps": total,
+        "train_range": [config.task.train_min_length, config.task.train_max_length],
+        "eval_range": [config.eval.min_length, config.eval.max_length],
+        "per_length": {str(k): v for k, v in sorted(per_length.items())},
+        **summary, "score": summary["out_of_range_score"],
+        "eval_programs": len(s.eval_buckets), "num_params": n_params // S,
+        "timing": {"compile_s": compile_s, "train_s": train_s, "eval_s": eval_s},
+        "mode": "decoder" if s.causal else "encoder", **extra,
+    }
+
+  title = f"{config.encoding.name} on {config.task.name}"
+  seed_results = []
+  for k, pl in enumerate(per_seed):
+    seed_results.append(results_of(pl, summary if hasattr(s.task, "evaluate") else summarize(s, pl),
+                                   config.seed + k))
+  if S == 1:
+    results = seed_results[0]
+  else:  # one results.json per seed under seeds/, and their aggregate at the top
+    mean_pl = {l: float(np.nanmean([pl[l] for pl in per_seed])) for l in per_seed[0]}
+    results = results_of(mean_pl, summarize(s, mean_pl), config.seed)
+    results["num_seeds"] = S
+    results["seeds"] = [r["seed"] for r in seed_results]
+    for key in ("in_range_score", "out_of_range_score"):
+      vals = [r[key] for r in seed_results if r[key] is not None]
+      results[key + "_per_seed"] = vals
+      if vals:
+        results[key + "_max"] = float(np.max(vals))
+        results[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
   if writer_process:
+    for r in seed_results if S > 1 else []:
+      sub = os.path.join(wd, "seeds", f"seed{r['seed']}")
+      os.makedirs(sub, exist_ok=True)
+      reporting.atomic_write_json(os.path.join(sub, "results.json"), r)
+      reporting.plot_accuracy(os.path.join(sub, "plots", "accuracy.png"), r["per_length"],
+                              tuple(r["train_range"]), f"{title} (seed {r['seed']})")
     reporting.atomic_write_json(results_path, results)
-    title = f"{config.encoding.name} on {config.task.name}"
-    reporting.plot_accuracy(os.path.join(wd, "plots", "accuracy.png"), results["per_length"],
-                            tuple(results["train_range"]), title)
+    if hasattr(s.task, "plot"):
+      s.task.plot(results, os.path.join(wd, "plots"), title)
+    else:
+      reporting.plot_accuracy(os.path.join(wd, "plots", "accuracy.png"), results["per_length"],
+                              tuple(results["train_range"]),
+                              title + (f" (mean of {S} seeds)" if S > 1 else ""))
     reporting.plot_training(os.path.join(wd, "plots", "training.png"), reporting.read_metrics(wd))
     reporting.atomic_write_text(done_path, f"{s.config_hash}\n")
   fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
-  log(f"done: in-range accuracy {fmt(summary['in_range_score'])}, beyond training "
-      f"{fmt(summary['out_of_range_score'])}; results in {results_path}")
+  log(f"done: in-range accuracy {fmt(results['in_range_score'])}, beyond training "
+      f"{fmt(results['out_of_range_score'])}" + (f" (mean of {S} seeds)" if S > 1 else "")
+      + f"; results in {results_path}")
   return results

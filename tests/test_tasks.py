@@ -12,13 +12,19 @@ import functools
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from posenc import tasks
 
 BATCH = 64
-LENGTHS = (1, 2, 3, 4, 40, 41)  # each length costs one compile per task
+# The static form (``sample``, derived from the padded sampler with max_length = length):
+# the edge cases of tiny widths, and one long length. Each length costs one compile per task.
+LENGTHS = (1, 2, 3, 41)
+# The padded sampler: one program (traced length) for every length up to PADDED_MAX.
+PADDED_MAX = 41
+PADDED_LENGTHS = (1, 2, 3, 4, 5, 6, 17, 40, 41)
 
 LEVELS = {
     "even_pairs": "R", "modular_arithmetic": "R", "parity_check": "R", "cycle_navigation": "R",
@@ -259,12 +265,19 @@ def _task_and_jitted(name):
   return task, jax.jit(task.sample, static_argnums=(1, 2))
 
 
+@functools.lru_cache(maxsize=None)
+def _task_and_padded(name):
+  task = tasks.get(name)
+  return task, jax.jit(task.sample_padded, static_argnums=(1, 3))
+
+
 def _numpy(out):
   return {k: np.asarray(v) for k, v in out.items()}
 
 
 def test_registry_lists_all_fifteen_tasks():
-  assert tasks.names() == NAMES
+  reg = tasks.registry()
+  assert sorted(n for n in reg if reg[n].level in ("R", "DCF", "CS")) == NAMES
   for name in NAMES:
     task = tasks.get(name)
     assert task.name == name and task.level == LEVELS[name]
@@ -276,7 +289,6 @@ def test_registry_lists_all_fifteen_tasks():
 def test_sampler_matches_reference_solver(name):
   task, sample = _task_and_jitted(name)
   solver = SOLVERS[name]
-  seen_inputs, seen_targets = set(), set()
   for length in LENGTHS:
     out = _numpy(sample(jax.random.key(1000 + length), BATCH, length))
     out_len = task.output_length(length)
@@ -290,22 +302,59 @@ def test_sampler_matches_reference_solver(name):
       want, want_mask = solver(x, length)
       assert out["target"][b].tolist() == want, (name, length, x)
       assert out["target_mask"][b].tolist() == want_mask, (name, length, x)
-    if length >= 40:
-      seen_inputs |= set(out["input"].ravel().tolist())
-      seen_targets |= {tuple(t) for t in out["target"].tolist()}
-  # Long samples use the whole input alphabet and do not all share one answer.
-  expected = set(range(task.input_vocab_size)) - NEVER_EMITTED.get(name, set())
-  assert seen_inputs == expected, (name, seen_inputs)
-  assert len(seen_targets) > 1
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_deterministic_per_key(name):
   _, sample = _task_and_jitted(name)
-  length = 4  # already compiled by the test above
+  length = 41  # already compiled by the test above
   a = _numpy(sample(jax.random.key(7), BATCH, length))
   b = _numpy(sample(jax.random.key(7), BATCH, length))
   c = _numpy(sample(jax.random.key(8), BATCH, length))
+  for k in ("input", "target", "target_mask"):
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(a["input"], c["input"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padded_sampler_matches_reference_solver(name):
+  # One compiled program (the length traced) serves every length up to PADDED_MAX; the
+  # first `length` input tokens and first output_length(length) answer tokens are checked
+  # by the same independent solvers, and nothing past the answer is scored.
+  task, sample = _task_and_padded(name)
+  assert task.native_padded and "_sample" not in vars(type(task)), \
+      "the static sampler is derived from the padded one, not written separately"
+  out_max = task.output_length(PADDED_MAX)
+  seen_inputs, seen_targets = set(), set()
+  for length in PADDED_LENGTHS:
+    traced = jnp.int32(length)
+    out = _numpy(sample(jax.random.key(2000 + length), BATCH, traced, PADDED_MAX))
+    out_len = task.output_length(length)
+    assert int(jax.jit(task.output_length)(traced)) == out_len
+    assert out["input"].shape == (BATCH, PADDED_MAX) and out["input"].dtype == np.int32
+    assert out["target"].shape == (BATCH, out_max) and out["target"].dtype == np.int32
+    assert out["target_mask"].shape == (BATCH, out_max) and out["target_mask"].dtype == bool
+    assert not out["target_mask"][:, out_len:].any(), (name, length)
+    x = out["input"][:, :length]
+    assert x.min() >= 0 and x.max() < task.input_vocab_size
+    y = out["target"][:, :out_len]
+    assert y.min() >= 0 and y.max() < task.output_vocab_size
+    for b in range(BATCH):
+      want, want_mask = SOLVERS[name](x[b].tolist(), length)
+      assert out["target"][b, :out_len].tolist() == want, (name, length, x[b].tolist())
+      assert out["target_mask"][b, :out_len].tolist() == want_mask, (name, length)
+    if length >= 40:
+      seen_inputs |= set(x.ravel().tolist())
+      seen_targets |= {tuple(t) for t in y.tolist()}
+  # Long samples use the whole input alphabet and do not all share one answer.
+  expected = set(range(task.input_vocab_size)) - NEVER_EMITTED.get(name, set())
+  assert seen_inputs == expected, (name, seen_inputs)
+  assert len(seen_targets) > 1
+  assert sample._cache_size() == 1, "the length must be traced, not baked in"
+  # Deterministic per key and length.
+  a = _numpy(sample(jax.random.key(5), BATCH, jnp.int32(17), PADDED_MAX))
+  b = _numpy(sample(jax.random.key(5), BATCH, jnp.int32(17), PADDED_MAX))
+  c = _numpy(sample(jax.random.key(6), BATCH, jnp.int32(17), PADDED_MAX))
   for k in ("input", "target", "target_mask"):
     np.testing.assert_array_equal(a[k], b[k])
   assert not np.array_equal(a["input"], c["input"])

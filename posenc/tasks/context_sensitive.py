@@ -6,6 +6,9 @@ published code: ``tasks/cs/*.py`` of google-deepmind/randomized_positional_encod
 official binary-arithmetic samplers use Python big integers per sample; here numbers
 are little-endian bit arrays and the arithmetic (carry propagation, a
 carry-lookahead subtractor for the square root) runs vectorised and jitted on the device.
+Every sampler is native padded (``_sample_padded``): it draws at the static width
+``max_length`` and masks what lies past the (possibly traced) ``length``, so one
+compiled program serves every length of a bucket.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from posenc.tasks import padding
 from posenc.tasks.base import Task
 
 
@@ -34,9 +38,11 @@ class BucketSort(Task):
   def output_length(self, length: int) -> int:
     return length
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    x = jax.random.randint(rng, (batch_size, length), 0, self.vocab)
-    return {"input": x, "target": jnp.sort(x, axis=1)}
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    x = padding.zero_past(jax.random.randint(rng, (batch_size, max_length), 0, self.vocab), length)
+    inside = padding.before(length, max_length)
+    ordered = jnp.sort(jnp.where(inside, x, self.vocab), axis=1)  # padding sorts last
+    return {"input": x, "target": jnp.where(inside, ordered, 0)}
 
 
 class DuplicateString(Task):
@@ -55,9 +61,10 @@ class DuplicateString(Task):
   def output_length(self, length: int) -> int:
     return 2 * length
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    bits = jax.random.randint(rng, (batch_size, length), 0, 2)
-    return {"input": bits, "target": jnp.concatenate([bits, bits], axis=1)}
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    bits = padding.zero_past(jax.random.randint(rng, (batch_size, max_length), 0, 2), length)
+    target = padding.take(bits, padding.arange_row(2 * max_length) % length)
+    return {"input": bits, "target": padding.zero_past(target, 2 * length)}
 
 
 class MissingDuplicateString(Task):
@@ -80,22 +87,21 @@ class MissingDuplicateString(Task):
   input_vocab_size = 4
   output_vocab_size = 2
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
     half = length // 2
-    if half == 0:
-      return {"input": jnp.ones((batch_size, length), jnp.int32),
-              "target": jnp.ones((batch_size, 1), jnp.int32),
-              "target_mask": jnp.zeros((batch_size, 1), bool)}
     k_bits, k_idx = jax.random.split(rng)
-    w = jax.random.randint(k_bits, (batch_size, half), 0, 2)
-    ww = jnp.concatenate([w, w], axis=1)
-    idx = jax.random.randint(k_idx, (batch_size,), 0, 2 * half)
-    rows = jnp.arange(batch_size)
-    target = ww[rows, idx][:, None]
-    x = ww.at[rows, idx].set(self.MISSING)
-    if length % 2:
-      x = jnp.concatenate([x, jnp.full((batch_size, 1), self.ODD_PAD, x.dtype)], axis=1)
-    return {"input": x, "target": target}
+    w = jax.random.randint(k_bits, (batch_size, max(max_length // 2, 1)), 0, 2)
+    pos = padding.arange_row(max_length)
+    ww = padding.take(w, pos % jnp.maximum(half, 1))                      # [B, M]
+    idx = jax.random.randint(k_idx, (batch_size, 1), 0, jnp.maximum(2 * half, 1))
+    target = padding.take(ww, idx)
+    x = jnp.where(pos == idx, self.MISSING, ww)
+    x = jnp.where(pos < 2 * half, x, jnp.where(pos < length, self.ODD_PAD, 0))
+    # length 1: no bit to hide; the official input 1 and answer 1, masked out.
+    fits = jnp.asarray(half > 0)
+    return {"input": jnp.where(fits, x, padding.before(length, max_length).astype(jnp.int32)),
+            "target": jnp.where(fits, target, 1),
+            "target_mask": jnp.broadcast_to(fits, (batch_size, 1))}
 
 
 class OddsFirst(Task):
@@ -116,9 +122,12 @@ class OddsFirst(Task):
   def output_length(self, length: int) -> int:
     return length
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    bits = jax.random.randint(rng, (batch_size, length), 0, 2)
-    return {"input": bits, "target": jnp.concatenate([bits[:, 1::2], bits[:, ::2]], axis=1)}
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    bits = padding.zero_past(jax.random.randint(rng, (batch_size, max_length), 0, 2), length)
+    j = padding.arange_row(max_length)
+    n_odd = length // 2
+    target = padding.take(bits, jnp.where(j < n_odd, 2 * j + 1, 2 * (j - n_odd)))
+    return {"input": bits, "target": padding.zero_past(target, length)}
 
 
 # ---------------------------------------------------------------------------
@@ -191,26 +200,28 @@ def _random_positive(rng: jax.Array, widths: jax.Array, max_width: int) -> jax.A
   return jnp.where(pos < top, low, (pos == top).astype(jnp.int32))
 
 
-def _two_operands(rng: jax.Array, batch_size: int, length: int,
+def _two_operands(rng: jax.Array, batch_size: int, length, max_length: int,
                   op_token: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Input ``n op m`` of ``length >= 3`` tokens, as the official binary tasks draw it.
 
   ``|n|`` is uniform on ``1..length-2`` and ``|m| = length - 1 - |n|``; each number
   is uniform on ``1..2**|.| - 1`` and written little-endian in exactly its
-  width (zero-padded at the high end). Returns (input [B, length], n bits, m
-  bits), the numbers as little-endian bits [B, length - 1].
+  width (zero-padded at the high end). ``length`` may be traced (a stand-in
+  ``n op m`` of 3 tokens is drawn when it is below 3). Returns (input
+  [B, max_length], 0 past ``length``; n bits, m bits), the numbers as
+  little-endian bits [B, W] with ``W = max(max_length - 1, 2)``.
   """
   k_len, k_num = jax.random.split(rng)
-  width = length - 1
+  width = max(max_length - 1, 2)
+  length = jnp.maximum(length, 3)
   len_n = jax.random.randint(k_len, (batch_size,), 1, length - 1)
-  len_m = width - len_n
+  len_m = length - 1 - len_n
   n, m = jnp.split(_random_positive(k_num, jnp.concatenate([len_n, len_m]), width), 2)
-  pos = jnp.arange(length)[None, :]
+  pos = padding.arange_row(max_length)
   cut = len_n[:, None]
-  m_at = jnp.take_along_axis(m, jnp.clip(pos - cut - 1, 0, width - 1), axis=1)
-  x = jnp.where(pos < cut, jnp.pad(n, ((0, 0), (0, 1))),
-                jnp.where(pos == cut, op_token, m_at))
-  return x, n, m
+  x = jnp.where(pos < cut, padding.take(n, pos),
+                jnp.where(pos == cut, op_token, padding.take(m, pos - cut - 1)))
+  return padding.zero_past(x, length), n, m
 
 
 def _terminated(bits: jax.Array, size: jax.Array, out_len: int,
@@ -256,18 +267,22 @@ class BinaryAddition(Task):
   def output_length(self, length: int) -> int:
     return length + 1
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    out_len = length + 1
-    if length <= 2:
-      number = jax.random.randint(rng, (batch_size, 1), 0, 2 ** length - 1)
-      bits = (number >> jnp.arange(length)[None, :]) & 1
-      size = jnp.maximum(_bit_length(bits), 1)
-      target, mask = _terminated(bits, size, out_len, self.TERMINATION)
-      return {"input": bits, "target": target, "target_mask": mask}
-    x, n, m = _two_operands(rng, batch_size, length, self.PLUS)
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    out_len = max_length + 1
+    k_short, k_long = jax.random.split(rng)
+    # length <= 2: one number of `length` bits, uniform on 0..2**length - 2.
+    number = jax.random.randint(k_short, (batch_size, 1), 0,
+                                jnp.left_shift(1, jnp.clip(length, 1, 2)) - 1)
+    bits = padding.zero_past((number >> padding.arange_row(max_length)) & 1, length)
+    short_t, short_m = _terminated(bits, jnp.maximum(_bit_length(bits), 1), out_len,
+                                   self.TERMINATION)
+    # length >= 3: n + m.
+    x, n, m = _two_operands(k_long, batch_size, length, max_length, self.PLUS)
     total = _normalise(n + m)  # n + m < 2**(l - 1) fits in l - 1 bits
-    target, mask = _terminated(total, _bit_length(total), out_len, self.TERMINATION)
-    return {"input": x, "target": target, "target_mask": mask}
+    long_t, long_m = _terminated(total, _bit_length(total), out_len, self.TERMINATION)
+    short = jnp.asarray(length <= 2)
+    return {"input": jnp.where(short, bits, x), "target": jnp.where(short, short_t, long_t),
+            "target_mask": jnp.where(short, short_m, long_m)}
 
 
 class BinaryMultiplication(Task):
@@ -297,22 +312,26 @@ class BinaryMultiplication(Task):
   def output_length(self, length: int) -> int:
     return length
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    if length <= 2:
-      number = jax.random.randint(rng, (batch_size, 1), 0, 2 ** length - 1)
-      bits = (number >> jnp.arange(length)[None, :]) & 1
-      size = jnp.full((batch_size,), length - 1)
-      target, _ = _terminated(jnp.zeros_like(bits), size, length, self.TERMINATION)
-      return {"input": bits, "target": target,
-              "target_mask": jnp.zeros((batch_size, length), bool)}
-    x, n, m = _two_operands(rng, batch_size, length, self.TIMES)
-    width = length - 1  # the product has at most |n| + |m| = l - 1 bits
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    k_short, k_long = jax.random.split(rng)
+    # length <= 2: `length` bits of a number uniform on 0..2**length - 2; the answer is
+    # the official placeholder (zeros, then termination at length - 1), masked out.
+    number = jax.random.randint(k_short, (batch_size, 1), 0,
+                                jnp.left_shift(1, jnp.clip(length, 1, 2)) - 1)
+    bits = padding.zero_past((number >> padding.arange_row(max_length)) & 1, length)
+    short_t = jnp.where(padding.arange_row(max_length) == length - 1, self.TERMINATION, 0)
+    # length >= 3: n * m.
+    x, n, m = _two_operands(k_long, batch_size, length, max_length, self.TIMES)
+    width = n.shape[1]  # the product has at most |n| + |m| = l - 1 <= width bits
     # Column sums c_k = sum_i n_i m_(k-i) (exact in float32: c_k <= l), then carries.
     conv = jax.vmap(lambda a, b: jnp.convolve(a, b, precision=jax.lax.Precision.HIGHEST))
     cols = jnp.round(conv(n.astype(jnp.float32), m.astype(jnp.float32))).astype(jnp.int32)
     product = _normalise(cols[:, :width])
-    target, mask = _terminated(product, _bit_length(product), length, self.TERMINATION)
-    return {"input": x, "target": target, "target_mask": mask}
+    long_t, long_m = _terminated(product, _bit_length(product), max_length, self.TERMINATION)
+    short = jnp.asarray(length <= 2)
+    return {"input": jnp.where(short, bits, x),
+            "target": jnp.where(short, short_t, long_t),
+            "target_mask": jnp.where(short, False, long_m)}
 
 
 class ComputeSqrt(Task):
@@ -337,11 +356,13 @@ class ComputeSqrt(Task):
   def output_length(self, length: int) -> int:
     return -(-length // 2)
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    n_le = _random_positive(rng, jnp.full((batch_size,), length), length)
-    x = n_le[:, ::-1]                                     # big-endian input
-    steps = self.output_length(length)
-    padded = jnp.pad(x, ((0, 0), (2 * steps - length, 0)))  # even number of bits
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    n_le = _random_positive(rng, jnp.full((batch_size,), length), max_length)  # 0 past length
+    pos = padding.arange_row(max_length)
+    x = padding.zero_past(padding.take(n_le, length - 1 - pos), length)  # big-endian input
+    # The root over a static number of digit pairs: leading zero pairs add leading 0s.
+    steps = self.output_length(max_length)
+    padded = jnp.pad(n_le, ((0, 0), (0, 2 * steps - max_length)))[:, ::-1]  # big-endian
     pairs = padded.reshape(batch_size, steps, 2).transpose(1, 0, 2)  # [steps, B, (hi, lo)]
     width = steps + 2  # remainder <= 2 * root < 2**(steps + 1)
 
@@ -357,7 +378,10 @@ class ComputeSqrt(Task):
 
     zeros = jnp.zeros((batch_size, width), jnp.int32)
     (_, root), _ = jax.lax.scan(step, (zeros, zeros), pairs)
-    return {"input": x, "target": root[:, :steps][:, ::-1]}
+    # The answer: the root big-endian in ceil(length / 2) bits.
+    out = self.output_length(length)
+    target = padding.take(root[:, :steps], out - 1 - padding.arange_row(steps))
+    return {"input": x, "target": padding.zero_past(target, out)}
 
 
 TASKS = (DuplicateString, MissingDuplicateString, OddsFirst, BinaryAddition,

@@ -5,7 +5,9 @@ published code: ``tasks/dcf/*.py`` of google-deepmind/randomized_positional_enco
 (identical in substance to google-deepmind/neural_networks_chomsky_hierarchy). The
 official stack, bracket and equation samplers are per-sample Python/numpy loops and
 recursion; here they are vectorised over the batch and jittable, drawing from the same
-distributions.
+distributions. Every sampler is native padded (``_sample_padded``): it draws at the
+static width ``max_length`` and masks what lies past the (possibly traced)
+``length``, so one compiled program serves every length of a bucket.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from posenc.tasks import padding
 from posenc.tasks.base import Task
 
 
@@ -31,9 +34,10 @@ class ReverseString(Task):
   def output_length(self, length: int) -> int:
     return length
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    bits = jax.random.randint(rng, (batch_size, length), 0, 2)
-    return {"input": bits, "target": bits[:, ::-1]}
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    bits = padding.zero_past(jax.random.randint(rng, (batch_size, max_length), 0, 2), length)
+    target = padding.take(bits, length - 1 - padding.arange_row(max_length))
+    return {"input": bits, "target": padding.zero_past(target, length)}
 
 
 class StackManipulation(Task):
@@ -61,30 +65,32 @@ class StackManipulation(Task):
   def output_length(self, length: int) -> int:
     return length + 1
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
     k_len, k_sym = jax.random.split(rng)
-    stack_len = jax.random.randint(k_len, (batch_size, 1), 1, max(length, 2))
+    stack_len = jax.random.randint(k_len, (batch_size, 1), 1, jnp.maximum(length, 2))
     # r uniform on 0..5 gives a uniform bit (r % 2) or a uniform action (2 + r // 2).
-    r = jax.random.randint(k_sym, (batch_size, length), 0, 6)
-    pos = jnp.arange(length)[None, :]
-    x = jnp.where(pos < stack_len, r % 2, self.POP + r // 2)
+    r = jax.random.randint(k_sym, (batch_size, max_length), 0, 6)
+    pos = padding.arange_row(max_length)
+    valid = pos < length
+    x = padding.zero_past(jnp.where(pos < stack_len, r % 2, self.POP + r // 2), length)
 
     # Every token is a push (stack bits and PUSH x) or a pop. The height after
     # step t is the walk of +-1 steps reflected at 0 (a POP on an empty stack is
     # ignored). A value pushed at t survives iff the height never later drops
-    # below its height; survivors, in time order, hold heights 1..H.
-    push = x != self.POP
+    # below its height; survivors, in time order, hold heights 1..H. Past
+    # ``length`` the walk stands still (its height stays the final one).
+    push = (x != self.POP) & valid
     value = jnp.where(x < 2, x, x - self.PUSH0)
-    walk = jnp.cumsum(jnp.where(push, 1, -1), axis=1)
-    height = walk - jnp.minimum(jax.lax.cummin(walk, axis=1), 0)             # [B, l]
+    walk = jnp.cumsum(jnp.where(valid, jnp.where(push, 1, -1), 0), axis=1)
+    height = walk - jnp.minimum(jax.lax.cummin(walk, axis=1), 0)             # [B, M]
     later_min = jnp.concatenate(
         [jax.lax.cummin(height, axis=1, reverse=True)[:, 1:],
-         jnp.full((batch_size, 1), length + 1, height.dtype)], axis=1)
+         jnp.full((batch_size, 1), max_length + 1, height.dtype)], axis=1)
     survives = push & (later_min >= height)
-    final_h = height[:, -1:]                                                 # [B, 1]
-    slot = jnp.where(survives, final_h - height, length + 1)  # top of stack -> slot 0
+    final_h = padding.take(height, jnp.reshape(length - 1, (1, 1)))          # [B, 1]
+    out_len = max_length + 1
+    slot = jnp.where(survives, final_h - height, out_len)  # top of stack -> slot 0
     rows = jnp.broadcast_to(jnp.arange(batch_size)[:, None], slot.shape)
-    out_len = length + 1
     target = jnp.zeros((batch_size, out_len), jnp.int32)
     target = target.at[rows, slot].set(value, mode="drop")
     out_pos = jnp.arange(out_len)[None, :]
@@ -98,7 +104,7 @@ _MOD = 5
 _PLUS, _MINUS, _TIMES, _OPEN, _CLOSE = 5, 6, 7, 8, 9
 
 
-def bracket_expressions(rng: jax.Array, batch_size: int, length: int,
+def bracket_expressions(rng: jax.Array, batch_size: int, length, max_length: int,
                         mult: bool) -> tuple[jax.Array, jax.Array]:
   """Random bracketed expressions of exactly ``length`` tokens and their values mod 5.
 
@@ -107,29 +113,33 @@ def bracket_expressions(rng: jax.Array, batch_size: int, length: int,
   an expression of length 1, 2, 3, 4 is ``d``, ``-d``, ``(d)``, ``(-d)`` with a
   uniform digit ``d``; for ``n >= 5`` it is ``(L op R)`` with ``|L|`` uniform on
   ``1..n-4``, ``|R| = n - 3 - |L|`` and ``op`` uniform on {+, -} or {+, -, *}
-  (``mult``). Here the recursion is unrolled into one ``lax.scan`` of ``length``
-  steps over the whole batch: a per-sample stack of pending items (an
-  expression of ``n`` tokens, stored as ``n >= 1``, or a literal token ``t``,
-  stored as ``-t - 1``) is popped once per step, and every pop emits exactly one
-  token, so the stack never holds more than ``length`` items.
+  (``mult``). Here the recursion is unrolled into one ``lax.scan`` of
+  ``max_length`` steps over the whole batch: a per-sample stack of pending items
+  (an expression of ``n`` tokens, stored as ``n >= 1``, or a literal token
+  ``t``, stored as ``-t - 1``) is popped once per step, and every pop emits
+  exactly one token, so the stack never holds more than ``length`` items and is
+  empty after ``length`` steps; the remaining steps emit 0s and change nothing.
+  ``length`` may be traced (``1 <= length <= max_length``).
 
-  Returns tokens int32 [B, length] (ids: 0..4 digits, 5 +, 6 -, 7 *, 8 (, 9 ))
-  and values int32 [B] in 0..4.
+  Returns tokens int32 [B, max_length] (ids: 0..4 digits, 5 +, 6 -, 7 *, 8 (,
+  9 ); 0 past ``length``) and values int32 [B] in 0..4.
   """
   # One uniform draw per step for each of: the digit, the operator, the split
   # (each used only if that step needs it). floor(k u) is uniform on 0..k-1 up
   # to float32 granularity (bias < 1e-6).
-  u_digit, u_op, split_u = jax.random.uniform(rng, (3, length, batch_size))
+  u_digit, u_op, split_u = jax.random.uniform(rng, (3, max_length, batch_size))
   digits = jnp.floor(u_digit * _MOD).astype(jnp.int32)
   ops = _PLUS + jnp.floor(u_op * (3 if mult else 2)).astype(jnp.int32)
-  pos = jnp.arange(length)[None, :]
+  pos = jnp.arange(max_length)[None, :]
   lit = lambda t: -t - 1
 
   def step(carry, xs):
     stack, sp = carry
     digit, op, u = xs
-    top = jnp.take_along_axis(stack, (sp - 1)[:, None], axis=1)[:, 0]
-    sp = sp - 1
+    active = sp > 0
+    top = jnp.take_along_axis(stack, jnp.maximum(sp - 1, 0)[:, None], axis=1)[:, 0]
+    top = jnp.where(active, top, lit(0))  # an empty stack emits the literal 0
+    sp = jnp.maximum(sp - 1, 0)
     is_lit = top < 0
     n = top
     token = jnp.where(is_lit, -top - 1,
@@ -149,15 +159,18 @@ def bracket_expressions(rng: jax.Array, batch_size: int, length: int,
       stack = jnp.where(write, item[:, None], stack)
     return (stack, sp + count), token
 
-  stack0 = jnp.zeros((batch_size, length), jnp.int32).at[:, 0].set(length)
+  stack0 = jnp.zeros((batch_size, max_length), jnp.int32).at[:, 0].set(length)
   sp0 = jnp.ones((batch_size,), jnp.int32)
   _, tokens = jax.lax.scan(step, (stack0, sp0), (digits, ops, split_u))
   tokens = tokens.T
-  return tokens, evaluate_bracketed(tokens)
+  return tokens, evaluate_bracketed(tokens, length)
 
 
-def evaluate_bracketed(tokens: jax.Array) -> jax.Array:
+def evaluate_bracketed(tokens: jax.Array, length=None) -> jax.Array:
   """Values mod 5 of fully bracketed expressions, tokens int32 [B, n] -> [B].
+
+  Only the first ``length`` tokens are read (default: all ``n``; ``length`` may
+  be traced).
 
   A left-to-right scan with one (accumulator, pending operator) pair per
   bracket depth: an operand (a digit, or the value of a closed bracket) is
@@ -198,9 +211,18 @@ def evaluate_bracketed(tokens: jax.Array) -> jax.Array:
     neg = (neg | unary) & ~is_digit
     return (acc, pending, depth, neg, is_digit | is_close), None
 
+  def masked_step(carry, xs):
+    t, i = xs
+    new, _ = step(carry, t)
+    keep = i < length
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, carry), None
+
   init = (jnp.zeros((batch, depth_cap), jnp.int32), jnp.full((batch, depth_cap), -1, jnp.int32),
           jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool), jnp.zeros((batch,), bool))
-  (acc, *_), _ = jax.lax.scan(step, init, tokens.T)
+  if length is None:
+    (acc, *_), _ = jax.lax.scan(step, init, tokens.T)
+  else:
+    (acc, *_), _ = jax.lax.scan(masked_step, init, (tokens.T, jnp.arange(n)))
   return acc[:, 0]
 
 
@@ -224,8 +246,8 @@ class ModularArithmeticBrackets(Task):
   input_vocab_size = 11
   output_vocab_size = 5
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    tokens, values = bracket_expressions(rng, batch_size, length, mult=True)
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    tokens, values = bracket_expressions(rng, batch_size, length, max_length, mult=True)
     return {"input": tokens, "target": values[:, None]}
 
 
@@ -253,25 +275,26 @@ class SolveEquation(Task):
   # Bracket-alphabet id -> this task's id (no '*': mult=False).
   _TO_TASK_IDS = (0, 1, 2, 3, 4, 5, 6, 0, 7, 8)
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    if length < 3:
-      zeros = jnp.zeros((batch_size, length), jnp.int32)
-      return {"input": zeros, "target": jnp.zeros((batch_size, 1), jnp.int32),
-              "target_mask": jnp.zeros((batch_size, 1), bool)}
-    n = length - 2
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    width = max(max_length - 2, 1)             # the longest expression
+    n = jnp.clip(length - 2, 1, width)         # this expression (a stand-in when length < 3)
     k_expr, k_idx = jax.random.split(rng)
-    tokens, values = bracket_expressions(k_expr, batch_size, n, mult=False)
-    is_digit = tokens < _MOD
+    tokens, values = bracket_expressions(k_expr, batch_size, n, width, mult=False)
+    pos_e = padding.arange_row(width)
+    is_digit = (tokens < _MOD) & (pos_e < n)
     start = jax.random.randint(k_idx, (batch_size, 1), 0, n)
-    at_or_after = is_digit & (jnp.arange(n)[None, :] >= start)
+    at_or_after = is_digit & (pos_e >= start)
     x_pos = jnp.where(jnp.any(at_or_after, axis=1),
                       jnp.argmax(at_or_after, axis=1), jnp.argmax(is_digit, axis=1))
     rows = jnp.arange(batch_size)
     solution = tokens[rows, x_pos]
     equation = jnp.asarray(self._TO_TASK_IDS)[tokens].at[rows, x_pos].set(self.X)
-    x = jnp.concatenate(
-        [equation, jnp.full((batch_size, 1), self.EQUALS, jnp.int32), values[:, None]], axis=1)
-    return {"input": x, "target": solution[:, None]}
+    pos = padding.arange_row(max_length)
+    x = jnp.where(pos < n, padding.take(equation, pos),
+                  jnp.where(pos == n, self.EQUALS, jnp.where(pos == n + 1, values[:, None], 0)))
+    fits = jnp.asarray(length >= 3)
+    return {"input": jnp.where(fits, x, 0), "target": jnp.where(fits, solution, 0)[:, None],
+            "target_mask": jnp.broadcast_to(fits, (batch_size, 1))}
 
 
 TASKS = (StackManipulation, ReverseString, ModularArithmeticBrackets, SolveEquation)

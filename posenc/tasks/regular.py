@@ -3,6 +3,10 @@
 Token meanings, answer conventions and sampling distributions follow the
 published code: ``tasks/regular/*.py`` of google-deepmind/randomized_positional_encodings
 (identical to those of google-deepmind/neural_networks_chomsky_hierarchy).
+
+Every sampler is native padded (``_sample_padded``): it draws at the static width
+``max_length`` and masks what lies past the (possibly traced) ``length``, so one
+compiled program serves every length of a bucket.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from posenc.tasks import padding
 from posenc.tasks.base import Task
 
 
@@ -25,9 +30,9 @@ class ParityCheck(Task):
   input_vocab_size = 2
   output_vocab_size = 2
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    bits = jax.random.randint(rng, (batch_size, length), 0, 2)
-    return {"input": bits, "target": (jnp.sum(bits, axis=1, keepdims=True) % 2)}
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    bits = padding.zero_past(jax.random.randint(rng, (batch_size, max_length), 0, 2), length)
+    return {"input": bits, "target": jnp.sum(bits, axis=1, keepdims=True) % 2}
 
 
 class EvenPairs(Task):
@@ -44,9 +49,10 @@ class EvenPairs(Task):
   input_vocab_size = 2
   output_vocab_size = 2
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    bits = jax.random.randint(rng, (batch_size, length), 0, 2)
-    unequal = bits[:, 1:] != bits[:, :-1]
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    bits = padding.zero_past(jax.random.randint(rng, (batch_size, max_length), 0, 2), length)
+    # Pair (i, i + 1) counts when i + 1 < length.
+    unequal = (bits[:, 1:] != bits[:, :-1]) & padding.before(length - 1, max_length - 1)
     return {"input": bits, "target": jnp.sum(unequal, axis=1, keepdims=True) % 2}
 
 
@@ -76,17 +82,20 @@ class ModularArithmetic(Task):
   input_vocab_size = 9
   output_vocab_size = 5
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    n = length if length % 2 else length - 1  # expression length, odd
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    n = length - 1 + length % 2  # expression length, odd
     n_digits = n // 2 + 1
+    width = max_length // 2 + 1  # digits of the longest expression
     k_dig, k_op = jax.random.split(rng)
-    digits = jax.random.randint(k_dig, (batch_size, n_digits), 0, self.MODULUS)
-    ops = self.PLUS + jax.random.randint(k_op, (batch_size, n_digits - 1), 0, 3)
-    expr = jnp.zeros((batch_size, n), jnp.int32)
-    expr = expr.at[:, ::2].set(digits).at[:, 1::2].set(ops)
-    if n < length:
-      expr = jnp.concatenate([expr, jnp.full((batch_size, 1), self.BLANK, jnp.int32)], 1)
-    return {"input": expr, "target": _evaluate_flat(digits, ops)[:, None]}
+    digits = jax.random.randint(k_dig, (batch_size, width), 0, self.MODULUS)
+    ops = self.PLUS + jax.random.randint(k_op, (batch_size, width), 0, 3)
+    # Past the expression: "+ 0" terms, which leave the value unchanged.
+    digits = jnp.where(padding.before(n_digits, width), digits, 0)
+    ops = jnp.where(padding.before(n_digits - 1, width), ops, self.PLUS)
+    pos = padding.arange_row(max_length)
+    expr = jnp.where(pos % 2 == 0, padding.take(digits, pos // 2), padding.take(ops, pos // 2))
+    expr = jnp.where(pos < n, expr, jnp.where(pos < length, self.BLANK, 0))
+    return {"input": expr, "target": _evaluate_flat(digits, ops[:, :-1])[:, None]}
 
 
 def _evaluate_flat(digits: jax.Array, ops: jax.Array) -> jax.Array:
@@ -130,8 +139,9 @@ class CycleNavigation(Task):
   input_vocab_size = 3
   output_vocab_size = 5
 
-  def _sample(self, rng: jax.Array, batch_size: int, length: int) -> dict:
-    moves = jax.random.randint(rng, (batch_size, length), 0, 3)
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    moves = jax.random.randint(rng, (batch_size, max_length), 0, 3)
+    moves = jnp.where(padding.before(length, max_length), moves, 1)  # "stay" past the walk
     final = jnp.sum(moves - 1, axis=1, keepdims=True) % self.CYCLE
     return {"input": moves, "target": final}
 

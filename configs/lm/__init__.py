@@ -1,0 +1,1 @@
+"""Language-modelling presets (``configs/lm/<scheme>.py``); shared settings in ``base.py``."""

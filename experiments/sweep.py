@@ -1,0 +1,97 @@
+"""Many runs: the points of a sweep config, run here in order, or counted / printed for a job array.
+
+  python -m experiments.sweep --config=configs/sweeps/chomsky.py:smoke --root=/tmp/sweep
+  python -m experiments.sweep --config=configs/sweeps/chomsky.py --count
+  python -m experiments.sweep --config=configs/sweeps/chomsky.py:paper --print_commands
+
+Run locally, points go one after another in this process (``posenc.train.train_and_evaluate``
+per point). A point whose workdir has a ``DONE`` for the same config is skipped without touching
+JAX; an interrupted one resumes from its latest checkpoint; so a killed sweep is restarted with
+the same command. ``--shard=i/n`` runs every n-th point from the i-th (one share per worker).
+Compiled programs are kept in JAX's persistent cache (``<root>/.jax_cache``), so the second
+seed of a scheme and task starts without compiling.
+
+``--print_commands`` prints one ``python -m experiments.run ... --sweep_index=N`` line per point,
+carrying this command's ``--config.*`` overrides and ``--root``, so a job array runs exactly these
+points; ``--count`` prints how many there are. Points and their workdirs are explained in
+:mod:`experiments.sweeping`.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from posenc.errors import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Sweep file, optionally with a preset: configs/sweeps/<name>.py[:smoke|paper].",
+    lock_config=True)
+_ROOT = flags.DEFINE_string("root", None, "Folder holding the points' workdirs (default: the "
+                            "sweep config's workdir, runs/sweeps/<name>-<preset>).")
+_COUNT = flags.DEFINE_bool("count", False, "Print the number of points and exit.")
+_PRINT = flags.DEFINE_bool("print_commands", False, "Print one experiments.run command per point.")
+_SHARD = flags.DEFINE_string("shard", None, "i/n: run only points i, i+n, i+2n, ... (0 <= i < n).")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", "", "JAX's persistent compilation cache folder, shared by the points "
+    "(seeds of one scheme and task compile to the same programs). Default: <root>/.jax_cache; "
+    "'none' turns it off.")
+_STOP = flags.DEFINE_bool("stop_on_error", False, "Stop at the first failed point (default: go on, "
+                          "list the failures at the end, exit 1).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"error: unexpected arguments: {' '.join(argv[1:])}; every setting is a flag, "
+          "e.g. --config.sweep.seeds=2", file=sys.stderr)
+    sys.exit(2)
+  if _CONFIG.value is None:
+    print("error: --config: required, e.g. --config=configs/sweeps/chomsky.py:smoke", file=sys.stderr)
+    sys.exit(2)
+  logging.set_verbosity(logging.ERROR)  # orbax and JAX are chatty below ERROR
+  std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)  # as experiments.run
+  from experiments import sweeping
+
+  config = _CONFIG.value
+  try:
+    if not sweeping.is_sweep_config(config):
+      raise ConfigError("--config", "is not a sweep config (it has no `sweep` block); "
+                        "use one of configs/sweeps/*.py, or experiments.run for one run")
+    if _ROOT.value:
+      with config.unlocked():
+        config.workdir = _ROOT.value
+    shard = sweeping.parse_shard(_SHARD.value)
+    config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
+    module = sweeping.load_module(config_arg)
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    resolved = sweeping.resolve_all(module, config, overrides)  # every point checked first
+    if _COUNT.value and not _PRINT.value:
+      print(len(resolved))
+      return
+    if _PRINT.value:
+      for line in sweeping.commands(config_arg, config.preset, len(resolved), overrides, _ROOT.value):
+        print(line)
+      return
+    problems = sweeping.unrunnable(resolved, sweeping.shard_indices(len(resolved), shard))
+    if problems:
+      for i, text in problems:
+        print(f"error: sweep point {i} ({sweeping.describe(resolved[i][0])}): {text}", file=sys.stderr)
+      print(f"error: {len(problems)} point(s) cannot run; fix them, or leave them out with "
+            "--config.sweep.schemes / --config.sweep.tasks", file=sys.stderr)
+      sys.exit(2)
+    sweeping.enable_compilation_cache(_CACHE.value or os.path.join(config.workdir, ".jax_cache"))
+    status = sweeping.run_points(resolved, shard, stop_on_error=_STOP.value)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if status["failed"]:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  from experiments import cli
+  cli.main_with_clear_errors(main)

@@ -1,0 +1,186 @@
+"""Decoder tasks of Kazemnejad et al. (NeurIPS 2023), "The Impact of Positional Encoding
+on Length Generalization in Transformers": copy, addition, summation mod 10, sorting.
+
+In decoder form (``--config.model.causal=True``) a sample is read as ``prompt SEP
+answer`` and the answer is teacher-forced (``posenc.data.layout``); the tasks also
+run in the encoder-transducer form, like every task.
+
+Conventions follow the official dataset builders (McGill-NLP/length-generalization,
+``scripts/dataset_builders/make_{copy,addition,sum,sort}_dataset.py``), with the
+natural-language wrappers of its T5 prompts ("Copy: …", "Compute … ?", "The answer is
+… .") left out: tokens here are the task's symbols only. The official length of an
+instance is its number of items (tokens to copy or sort, digits to sum); here, as for
+every task of posenc, ``length`` is the number of input tokens, which is the same
+thing for copy, summation and sorting. For addition the official categories are the
+two operands' digit counts ("a-by-b"); here the input ``a + b`` has ``length`` tokens
+in all (see :class:`Addition`). Training lengths 1–20 and test lengths to 40, as in
+the paper, are set in ``configs/decoder.py``.
+
+``level`` is ``"decoder"`` (not a Chomsky-hierarchy level), so these tasks do not join
+the Chomsky-hierarchy sweeps by themselves.
+
+All samplers are native padded: they draw at the static ``max_length`` and mask what
+lies past the (possibly traced) ``length``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from posenc.tasks import padding
+from posenc.tasks.base import Task
+
+
+class Copy(Task):
+  """Copy a sequence of tokens.
+
+  Tokens: input 0..99, uniform (the official ``copy_multi_char`` draws from 100
+  single-token words); output 0..99, the input unchanged. ``output_length(l) = l``.
+  Official source: ``make_copy_dataset.py`` (``generate_copy_task_data_copy_multi_char``).
+  """
+
+  name = "copy"
+  level = "decoder"
+  VOCAB = 100
+  input_vocab_size = VOCAB
+  output_vocab_size = VOCAB
+
+  def output_length(self, length):
+    return length
+
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    x = padding.zero_past(jax.random.randint(rng, (batch_size, max_length), 0, self.VOCAB),
+                          length)
+    return {"input": x, "target": x}
+
+
+class SummationMod10(Task):
+  """The sum of a sequence of digits, modulo 10.
+
+  Tokens: input 1..9 (the digits, uniform on 1..9 as the official ``randint(1, 10)``;
+  id 0 is in the vocabulary but never drawn); output 0..9, the sum mod 10. One
+  answer token. Official source: ``make_sum_dataset.py --modular`` (the ``sum_mod``
+  dataset; answer ``sum(values) % 10``).
+  """
+
+  name = "summation_mod_10"
+  level = "decoder"
+  MODULUS = 10
+  input_vocab_size = 10
+  output_vocab_size = 10
+
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    values = padding.zero_past(jax.random.randint(rng, (batch_size, max_length), 1, 10), length)
+    return {"input": values, "target": jnp.sum(values, axis=1, keepdims=True) % self.MODULUS}
+
+
+class Sorting(Task):
+  """Sort a sequence of tokens (the official single-token variant).
+
+  Tokens: input 0..49, uniform (the official draws ids from 50 single-token words
+  and sorts them by id); output 0..49, the input in ascending order.
+  ``output_length(l) = l``. Official source: ``make_sort_dataset.py --single_digit``.
+  (The official multi-digit variant, numbers 10..9999 as digit strings, is not here.)
+  """
+
+  name = "sorting"
+  level = "decoder"
+  VOCAB = 50
+  input_vocab_size = VOCAB
+  output_vocab_size = VOCAB
+
+  def output_length(self, length):
+    return length
+
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    x = padding.zero_past(jax.random.randint(rng, (batch_size, max_length), 0, self.VOCAB),
+                          length)
+    inside = padding.before(length, max_length)
+    ordered = jnp.sort(jnp.where(inside, x, self.VOCAB), axis=1)  # padding sorts last
+    return {"input": x, "target": jnp.where(inside, ordered, 0)}
+
+
+def _decimal_add(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a + b`` of little-endian decimal digit arrays [B, W] -> digits [B, W + 1].
+
+  Carry-lookahead: a column generates a carry when its digit sum is >= 10 and
+  propagates one when it is 9; the carry into each column is an associative scan.
+  """
+  pad = lambda d: jnp.pad(d, ((0, 0), (0, 1)))
+  s = pad(a) + pad(b)
+  gen, prop = s >= 10, s == 9
+
+  def combine(lo, hi):
+    return hi[0] | (hi[1] & lo[0]), hi[1] & lo[1]
+
+  carries, _ = jax.lax.associative_scan(combine, (gen, prop), axis=1)
+  carry_in = jnp.concatenate([jnp.zeros_like(carries[:, :1]), carries[:, :-1]], axis=1)
+  return (s + carry_in) % 10
+
+
+class Addition(Task):
+  """Add two decimal integers, written as usual (most significant digit first).
+
+  Input (``l >= 3``): ``a + b`` in ``l`` tokens: ``a`` has ``d_a`` digits, ``d_a``
+  uniform on ``1..l-2``, and ``b`` has ``d_b = l - 1 - d_a``; a number of ``d``
+  digits is uniform on ``10**(d-1)..10**d - 1`` (on ``0..9`` for ``d = 1``), as in
+  the official builder. Tokens: input 0..9 (digits), 10 (+). Output
+  (``output_length(l) = l``): the sum's digits, most significant first without
+  leading zeros (``0`` is written ``0``), then the termination token 10, then 0s as
+  padding; ``target_mask`` is True up to and including the termination token.
+  Example: ``5 3 7 + 1 9`` -> ``5 5 6 10 0 0``.
+  Length convention: the official categories are digit counts per operand ("5-by-5")
+  with a natural-language prompt; here ``l`` counts the tokens of ``a + b`` (so
+  ``l = 41`` includes e.g. 20-by-20), like ``binary_addition``. For ``l < 3`` no sum
+  fits: the input is all 0s and the answer is masked out (never scored or trained).
+  Official source: ``make_addition_dataset.py``.
+  """
+
+  name = "addition"
+  level = "decoder"
+  PLUS = 10
+  TERMINATION = 10
+  input_vocab_size = 11
+  output_vocab_size = 11
+
+  def output_length(self, length):
+    return length
+
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    width = max(max_length - 2, 1)                  # digits of the longest operand
+    n = jnp.maximum(length, 3)                      # a stand-in of 3 tokens when length < 3
+    k_len, k_a, k_b = jax.random.split(rng, 3)
+    len_a = jax.random.randint(k_len, (batch_size, 1), 1, n - 1)
+    len_b = n - 1 - len_a
+
+    def number(key, digits):  # big-endian digits [B, width], 0 past `digits`
+      k_raw, k_lead = jax.random.split(key)
+      raw = jax.random.randint(k_raw, (batch_size, width), 0, 10)
+      nonzero_lead = jax.random.randint(k_lead, (batch_size, 1), 1, 10)
+      lead = jnp.where(digits > 1, nonzero_lead, raw[:, :1])  # 1..9, or 0..9 for one digit
+      big = jnp.concatenate([lead, raw[:, 1:]], axis=1)
+      return jnp.where(padding.before(digits, width), big, 0)
+
+    a, b = number(k_a, len_a), number(k_b, len_b)
+    pos = padding.arange_row(max_length)
+    x = jnp.where(pos < len_a, padding.take(a, pos),
+                  jnp.where(pos == len_a, self.PLUS, padding.take(b, pos - len_a - 1)))
+    x = padding.zero_past(x, n)
+    # Little-endian digits, the sum, its size (at least one digit).
+    col = padding.arange_row(width)
+    a_le = jnp.where(col < len_a, padding.take(a, len_a - 1 - col), 0)
+    b_le = jnp.where(col < len_b, padding.take(b, len_b - 1 - col), 0)
+    total = _decimal_add(a_le, b_le)                                   # [B, width + 1]
+    nonzero = total[:, ::-1] != 0
+    size = jnp.where(jnp.any(nonzero, axis=1, keepdims=True),
+                     total.shape[1] - jnp.argmax(nonzero, axis=1)[:, None], 1)
+    out = padding.arange_row(max_length)
+    body = jnp.where(out < size, padding.take(total, size - 1 - out), 0)
+    target = jnp.where(out == size, self.TERMINATION, body)
+    fits = jnp.asarray(length >= 3)
+    return {"input": jnp.where(fits, x, 0), "target": jnp.where(fits, target, 0),
+            "target_mask": fits & (out <= size)}
+
+
+TASKS = (Copy, Addition, SummationMod10, Sorting)

@@ -1,0 +1,84 @@
+"""Scale: seeds vmapped in one program, data parallel over devices, several processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from posenc import train
+from tests import helpers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(workdir):
+  return train.load_params(str(workdir))[0]
+
+
+def _assert_same_params(a, b, rtol=1e-5):
+  """Equal up to float noise. The key projection's bias gets a zero gradient (softmax ignores a
+  constant per row) whose rounding noise Adam normalises into steps of ~lr: compare it loosely."""
+  def check(path, x, y):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    atol = 5e-3 if name.endswith("key/bias") else 1e-6
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=name)
+  jax.tree_util.tree_map_with_path(check, a, b)
+
+
+def test_num_seeds_equals_separate_runs(tmp_path):
+  both = helpers.config("sinusoidal", num_seeds=2, seed=3)
+  both.workdir = str(tmp_path / "both")
+  agg = train.train_and_evaluate(both, log=lambda *_: None)
+  stacked = _params(tmp_path / "both")
+  for k, seed in enumerate((3, 4)):
+    one = helpers.config("sinusoidal", seed=seed)
+    one.workdir = str(tmp_path / f"one{seed}")
+    single = train.train_and_evaluate(one, log=lambda *_: None)
+    ref = _params(tmp_path / f"one{seed}")
+    _assert_same_params(jax.tree_util.tree_map(lambda a: a[k], stacked), ref)
+    per_seed = json.loads((tmp_path / "both" / "seeds" / f"seed{seed}" / "results.json").read_text())
+    assert per_seed["seed"] == seed
+    lengths = sorted(single["per_length"], key=int)
+    assert sorted(per_seed["per_length"], key=int) == lengths
+    np.testing.assert_allclose([per_seed["per_length"][l] for l in lengths],
+                               [single["per_length"][l] for l in lengths], atol=1e-6)
+  assert agg["num_seeds"] == 2 and agg["seeds"] == [3, 4]
+  assert len(agg["in_range_score_per_seed"]) == 2
+
+
+_DP_SCRIPT = r"""
+import json, sys
+import jax
+jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
+sys.path.insert(0, sys.argv[3])
+from absl import logging; logging.set_verbosity(logging.ERROR)
+from posenc import train
+from tests import helpers
+c = helpers.config("sinusoidal", **{"train.batch_size": 8, "eval.batch_size": 8,
+                                    "eval.samples_per_length": 8})
+c.workdir = sys.argv[2]
+r = train.train_and_evaluate(c, log=lambda *_: None)
+print(json.dumps({"devices": jax.device_count(), "per_length": r["per_length"]}))
+"""
+
+
+def _run_dp(devices, workdir):
+  out = subprocess.run([sys.executable, "-c", _DP_SCRIPT, str(devices), str(workdir), ROOT],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_data_parallel_on_8_devices_equals_one_device(tmp_path):
+  one = _run_dp(1, tmp_path / "one")
+  eight = _run_dp(8, tmp_path / "eight")
+  assert one["devices"] == 1 and eight["devices"] == 8
+  a, b = _params(tmp_path / "one"), _params(tmp_path / "eight")
+  _assert_same_params(a, b, rtol=2e-5)
+  lengths = sorted(one["per_length"], key=int)
+  np.testing.assert_allclose([one["per_length"][l] for l in lengths],
+                             [eight["per_length"][l] for l in lengths], atol=1e-6)
