@@ -27,6 +27,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/<scheme>.py[:smoke|paper].",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: runs/<derived from the config>).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host runs; also automatic "
+    "when JAX_COORDINATOR_ADDRESS is set). Only process 0 writes metrics and results.")
 _SWEEP_INDEX = flags.DEFINE_integer(
     "sweep_index", None, "With a sweep config (configs/sweeps/*.py): run its point N, 0-based "
     "(python -m experiments.sweep --config=... --count says how many).")
@@ -68,7 +71,8 @@ def main(argv):
   # A check failing inside a compiled step (e.g. FLOATER's ODE solver) is also logged, with a
   # traceback, by JAX's callback machinery; train.py reports the error itself as one line.
   std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
-  from posenc import train  # imports JAX; kept after flag parsing so --help is instant
+  from posenc import parallel, train  # imports JAX; kept after flag parsing so --help is instant
+  parallel.maybe_initialize_distributed(force=_DISTRIBUTED.value)
 
   try:
     config = sweep_point(_CONFIG.value)

@@ -29,6 +29,8 @@ def maybe_initialize_distributed(force: bool = False) -> bool:
   """
   if not (force or any(os.environ.get(v) for v in _CLUSTER_VARS)):
     return False
+  # CPU processes exchange collectives over gloo (accelerators use their own fabric).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   addr = os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("COORDINATOR_ADDRESS")
   if addr and "JAX_NUM_PROCESSES" in os.environ:
     jax.distributed.initialize(coordinator_address=addr,
@@ -48,16 +50,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def shard_batch(batch: dict, mesh: Mesh, batch_size: int, seed_axis: bool = False) -> dict:
-  """Constrains every per-example array of ``batch`` to be split over ``data``."""
+def shard_batch(batch: dict, mesh: Mesh, batch_size: int) -> dict:
+  """Constrains every per-example array of ``batch`` to be split over ``data``.
+
+  Works under ``vmap`` over seeds too (the seed axis stays unsharded).
+  """
   if mesh.size == 1:
     return batch
-  lead = (None,) if seed_axis else ()
 
   def constrain(x):
-    axis = len(lead)
-    if x.ndim > axis and x.shape[axis] == batch_size:
-      return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*lead, "data")))
+    if x.ndim and x.shape[0] == batch_size:
+      return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P("data")))
     return x
 
   return jax.tree_util.tree_map(constrain, batch)

@@ -487,7 +487,8 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
       seq, has = data_lib.sequence_scores(logits, batch)
       return jnp.stack([jnp.sum(jnp.where(has, seq, 0.0)), jnp.sum(has)])
 
-    score = jax.jit(jax.vmap(score_one, in_axes=(0, 0, None, None)) if num_seeds > 1 else score_one)
+    score = jax.jit(jax.vmap(score_one, in_axes=(0, 0, None, None)) if num_seeds > 1 else score_one,
+                    out_shardings=parallel.replicated(mesh) if mesh.size > 1 else None)
 
     for i, length in enumerate(lengths):
       sums[length] = [score(params, key, i, c) for c in range(chunks)]
@@ -583,7 +584,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
   progress = reporting.Progress(total, start)
   if mesh.size > 1:  # parameters and optimizer state replicated; the batch is split in the step
     state = jax.device_put(state, parallel.replicated(mesh))
-  step_fn = jax.jit(seeded(make_train_step(s), S), donate_argnums=0)
+  rep = parallel.replicated(mesh)
+  step_fn = jax.jit(seeded(make_train_step(s), S), donate_argnums=0,
+                    out_shardings=(rep, rep) if mesh.size > 1 else None)
+  if jax.process_count() > 1:
+    log(f"data parallel: {jax.process_count()} processes, {jax.device_count()} devices in one mesh")
+  elif mesh.size > 1:
+    log(f"data parallel over {mesh.size} devices")
   pending: list[dict] = []
   t_start = time.perf_counter()
   compile_s = None

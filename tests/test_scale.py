@@ -82,3 +82,33 @@ def test_data_parallel_on_8_devices_equals_one_device(tmp_path):
   lengths = sorted(one["per_length"], key=int)
   np.testing.assert_allclose([one["per_length"][l] for l in lengths],
                              [eight["per_length"][l] for l in lengths], atol=1e-6)
+
+
+def _free_port():
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+def test_two_processes_form_one_mesh_and_only_process_0_writes(tmp_path):
+  wd = tmp_path / "mp"
+  port = _free_port()
+  procs = []
+  for pid in (0, 1):
+    env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": str(pid), "JAX_PLATFORMS": "cpu"}
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", "--config=configs/sinusoidal.py:smoke",
+         f"--workdir={wd}", "--distributed"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  assert all("2 processes, 2 devices in one mesh" in out for out in outs)
+  assert "done:" in outs[0]
+  results = json.loads((wd / "results.json").read_text())
+  assert results["steps"] == 4 and (wd / "DONE").exists()
+  single = helpers.config("sinusoidal")
+  single.workdir = str(tmp_path / "single")
+  train.train_and_evaluate(single, log=lambda *_: None)
+  _assert_same_params(_params(wd), _params(tmp_path / "single"), rtol=2e-5)
