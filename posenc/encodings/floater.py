@@ -1,0 +1,342 @@
+"""FLOATER: position as a continuous dynamical system (Liu, Yu, Dhillon, Hsieh, ICML 2020,
+"Learning to Encode Position for Transformer with Continuous Dynamical Model").
+
+The position of token ``k`` is the state of a neural ODE read at time ``t_k = k·Δt``::
+
+    dp/dt = h(p, t; θ),   p(0) learned,   position k  ->  p(k·Δt)
+
+Conventions (as in the official code, xuanqing94/FLOATER, ``fairseq/modules/flow_funcs.py``
+``flow_func_linear``/``Linear_t`` and ``fairseq/models/flow_transformer.py``
+``FlowTransformerEncoder``):
+
+* ``h(p, t) = W2·[ReLU(W1·[p; t] + b1); t] + b2``: two linear maps, each fed the time as one
+  extra input channel, ``W1, W2 ∈ R^{d×(d+1)}`` xavier-normal, zero biases. Stored here as
+  flax kernels ``w1, w2`` of shape ``[d+1, d]`` (``[p; t] @ w``, i.e. ``Wᵀ``; the last row
+  multiplies ``t``), biases ``b1, b2`` of shape ``[d]``.
+* ONE ``h`` is shared by all layers; only the initial values differ: ``p(0)`` is
+  ``[3, layers, d]`` (q, k, v biases of every layer; torch's ``xavier_uniform_`` on that
+  3-D tensor, i.e. fan_in = layers·d, fan_out = 3·d), and the whole ``[3, layers, d]`` block is
+  ONE ODE state (``odeint(proj_flow, proj_bias, time_grid)`` in the official encoder), so one
+  solve per forward pass serves every position, layer and q/k/v.
+* ``Δt = 0.01``; row ``k`` of the solution is position ``k`` (the official code gathers
+  ``cached_bias[:tok_len]`` for tokens ``0 .. tok_len−1``).
+* The official solver is torchdiffeq's fixed-grid ``rk4`` with ``step_size = Δt/5``; torchdiffeq's
+  ``rk4`` is the 3/8-rule variant (``rk4_alt_step_func``), reproduced by :class:`RK4` below.
+  Here adaptive Tsit5 (rtol/atol) is the default and RK4 at ``Δt/5`` the option
+  (``method="rk4"``).
+* Injection, default (``"qkv"``, the official form): the solved state is added to the q, k and v
+  projections of every layer (before the ``1/sqrt(d_h)`` scaling, as ``FlowAttention`` does),
+  the projections carry no bias of their own, and a sinusoidal encoding is still added to the
+  input (the official encoder keeps fairseq's ``embed_positions``). Option (``"layer_input"``,
+  the paper's conceptual form, position added to the input of every block): one state per
+  layer (``p(0)`` is ``[1, layers, d]``). The hook of the mode not chosen is the identity.
+
+Public math: :func:`vector_field` (``h``), :func:`init_dynamics`, :func:`init_p0`,
+:func:`solve`, :func:`solve_stats`, :func:`lookup`; :func:`solver_stats` for benchmarks.
+
+Extrapolation = integrate further: a program whose positions are below ``max_position`` solves
+``max_position`` rows, whatever the training length was. Randomized positions work because rows
+are gathered by position. The official code solved to ``t ≤ 2.54`` (``max_seq_len = 255``);
+positions in the thousands reach ``t ≈ 20`` where an untrained ``h`` can grow the state by
+orders of magnitude, so with wide randomized ranges consider a smaller ``dt``.
+
+Gradients go through the solver (``diffrax.RecursiveCheckpointAdjoint``) by default; the
+continuous adjoint (``diffrax.BacksolveAdjoint``, what the official code's ``odeint_adjoint``
+does) is the option ``adjoint="backsolve"``. Unlike the official code, which re-solves only
+every 400 updates and reuses a detached cache in between, the table is solved on every
+forward pass (exact gradients every step).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import diffrax
+import equinox as eqx
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from posenc.encodings import sinusoidal
+from posenc.encodings.base import Encoding as _Base
+from posenc.errors import ConfigError
+
+METHODS = ("tsit5", "rk4")
+ADJOINTS = ("recursive", "backsolve")
+INJECTIONS = ("qkv", "layer_input")
+
+# One dynamics callable: ``dynamics(params, t, p) -> dp/dt`` with ``p`` of any shape.
+Dynamics = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+_MAX_STEPS_MSG = (
+    "FLOATER ODE solver: the solve to t={t1:g} ({n} positions) did not finish within "
+    "max_steps={max_steps} solver steps (the learned dynamics became stiff or blew up); raise "
+    "--config.encoding.max_steps (config.encoding.max_steps), loosen config.encoding.rtol/atol, "
+    "or lower config.train.learning_rate")
+_NONFINITE_MSG = (
+    "FLOATER ODE solver: the solved positions are NaN/Inf (the learned dynamics blew up); use "
+    "the adaptive solver (config.encoding.method=tsit5, bounded by config.encoding.max_steps="
+    "{max_steps}), lower config.train.learning_rate, or lower config.encoding.dt")
+
+
+# ----------------------------------------------------------------------------- dynamics
+
+
+def vector_field(params: dict, t: jax.Array, p: jax.Array) -> jax.Array:
+  """``h(p, t) = W2·[ReLU(W1·[p; t] + b1); t] + b2`` on the last axis of ``p`` ([..., d]).
+
+  ``params``: ``w1, w2`` of shape ``[d+1, d]`` (last row multiplies ``t``), ``b1, b2`` ``[d]``.
+  Every leading index of ``p`` (q/k/v, layer) goes through the same ``h``.
+  """
+  def linear_t(w, b, x):
+    # [x; t] @ w without materialising the concatenation.
+    return x @ w[:-1] + t * w[-1] + b
+  return linear_t(params["w2"], params["b2"],
+                  jax.nn.relu(linear_t(params["w1"], params["b1"], p)))
+
+
+def init_dynamics(key: jax.Array, dim: int) -> dict:
+  """Fresh ``h`` parameters: xavier-normal kernels ``[dim+1, dim]``, zero biases (``Linear_t``)."""
+  k1, k2 = jax.random.split(key)
+  xavier = nn.initializers.xavier_normal()
+  return {"w1": xavier(k1, (dim + 1, dim), jnp.float32), "b1": jnp.zeros((dim,), jnp.float32),
+          "w2": xavier(k2, (dim + 1, dim), jnp.float32), "b2": jnp.zeros((dim,), jnp.float32)}
+
+
+# torch's xavier_uniform_ on [S, layers, d]: fan_in = layers·d, fan_out = S·d.
+_p0_init = nn.initializers.xavier_uniform(in_axis=1, out_axis=0)
+
+
+def init_p0(key: jax.Array, num_streams: int, num_layers: int, dim: int) -> jax.Array:
+  """Initial values ``p(0)`` ``[num_streams, num_layers, dim]`` (3 streams: q, k, v)."""
+  return _p0_init(key, (num_streams, num_layers, dim), jnp.float32)
+
+
+# ----------------------------------------------------------------------------- solver
+
+# torchdiffeq's "rk4" (rk4_alt_step_func): Kutta's 3/8 rule. It has no embedded error estimate
+# (b_error = 0), so it only runs with fixed steps.
+_RK4_38_TABLEAU = diffrax.ButcherTableau(
+    c=np.array([1 / 3, 2 / 3, 1.0]),
+    a_lower=(np.array([1 / 3]), np.array([-1 / 3, 1.0]), np.array([1.0, -1.0, 1.0])),
+    b_sol=np.array([1 / 8, 3 / 8, 3 / 8, 1 / 8]),
+    b_error=np.zeros(4),
+)
+
+
+class RK4(diffrax.AbstractERK):
+  """Classical 4th-order Runge–Kutta, 3/8 rule, as torchdiffeq's ``method="rk4"``; fixed steps."""
+
+  tableau: ClassVar[diffrax.ButcherTableau] = _RK4_38_TABLEAU
+  interpolation_cls: ClassVar[Callable[..., diffrax.AbstractLocalInterpolation]] = (
+      diffrax.ThirdOrderHermitePolynomialInterpolation.from_k)
+
+  def order(self, terms):
+    del terms
+    return 4
+
+
+def _time_grid(num_positions: int, dt: float, dtype) -> jax.Array:
+  return jnp.arange(num_positions, dtype=dtype) * jnp.asarray(dt, dtype)
+
+
+def _diffeqsolve(params, p0, num_positions: int, *, dynamics: Dynamics, dt: float, method: str,
+                 rtol: float, atol: float, max_steps: int, adjoint: str, rk4_substeps: int,
+                 checkpoints: int | None) -> diffrax.Solution:
+  if method not in METHODS:
+    raise ValueError(f"unknown FLOATER ODE method {method!r}; choose one of {METHODS}")
+  if adjoint not in ADJOINTS:
+    raise ValueError(f"unknown FLOATER adjoint {adjoint!r}; choose one of {ADJOINTS}")
+  dtype = jnp.result_type(p0.dtype, jnp.float32)
+  p0 = p0.astype(dtype)
+  ts = _time_grid(num_positions, dt, dtype)
+  if method == "tsit5":
+    solver, controller, dt0 = diffrax.Tsit5(), diffrax.PIDController(rtol=rtol, atol=atol), dt
+  else:
+    # Fixed grid of step dt/substeps from t=0, as torchdiffeq's step_size option: exactly
+    # substeps·(num_positions−1) steps, known in advance, so max_steps (a bound for the
+    # adaptive solver) is that number. Reads between step ends are Hermite-interpolated (an
+    # O(ulp) offset).
+    solver, controller, dt0 = RK4(), diffrax.ConstantStepSize(), dt / rk4_substeps
+    max_steps = rk4_substeps * (num_positions - 1)
+  if adjoint == "recursive":
+    adj = diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
+  else:
+    adj = diffrax.BacksolveAdjoint()
+  term = diffrax.ODETerm(lambda t, y, args: dynamics(args, t, y))
+  return diffrax.diffeqsolve(
+      term, solver, t0=ts[0], t1=ts[-1], dt0=dt0, y0=p0, args=params,
+      saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller, adjoint=adj,
+      max_steps=max_steps, throw=False)
+
+
+def solve(params: Any, p0: jax.Array, num_positions: int, *, dynamics: Dynamics = vector_field,
+          dt: float = 0.01, method: str = "tsit5", rtol: float = 1e-3, atol: float = 1e-6,
+          max_steps: int = 4096, adjoint: str = "recursive", rk4_substeps: int = 5,
+          checkpoints: int | None = None) -> jax.Array:
+  """The FLOATER trajectory at ``t_k = k·dt`` for ``k = 0 .. num_positions−1``.
+
+  Args:
+    params: parameters of ``dynamics`` (for :func:`vector_field`: ``w1, b1, w2, b2``).
+    p0: initial state ``p(0)``, any shape ``[..., d]`` (FLOATER: ``[3, layers, d]``); the
+      whole array is one ODE state, so all of it is solved with the same steps.
+    num_positions: static number of rows.
+    dynamics: ``dynamics(params, t, p) -> dp/dt`` (default :func:`vector_field`; any vector
+      field, e.g. a linear one, can be plugged in).
+    dt: ``Δt``, the time between consecutive positions (official: 0.01).
+    method: ``"tsit5"`` (adaptive, ``rtol``/``atol``) or ``"rk4"`` (torchdiffeq's 3/8-rule
+      RK4 at fixed step ``dt / rk4_substeps``; official: ``Δt/5``).
+    max_steps: bound on the adaptive solver's steps; exceeding it raises an error naming
+      ``config.encoding.max_steps`` (never a hang, never NaNs). The fixed-step solve takes
+      exactly ``rk4_substeps·(num_positions−1)`` steps and ignores it.
+    adjoint: ``"recursive"`` (backprop through the solver) or ``"backsolve"`` (continuous
+      adjoint, ``diffrax.BacksolveAdjoint``).
+    checkpoints: for ``"recursive"``: number of checkpoints (None: diffrax's default,
+      ``max_steps``, the fastest).
+
+  Returns:
+    ``[num_positions, *p0.shape]`` in float32 (float64 if ``p0`` is): row ``k`` is ``p(k·dt)``.
+  """
+  p0 = jnp.asarray(p0)
+  if num_positions < 1:
+    raise ValueError(f"num_positions must be >= 1, got {num_positions}")
+  if num_positions == 1:  # t0 == t1: nothing to integrate
+    return p0.astype(jnp.result_type(p0.dtype, jnp.float32))[None]
+  sol = _diffeqsolve(params, p0, num_positions, dynamics=dynamics, dt=dt, method=method,
+                     rtol=rtol, atol=atol, max_steps=max_steps, adjoint=adjoint,
+                     rk4_substeps=rk4_substeps, checkpoints=checkpoints)
+  ys = sol.ys
+  failed = sol.result != diffrax.RESULTS.successful
+  nonfinite = ~jnp.all(jnp.isfinite(ys))
+  fill = dict(t1=(num_positions - 1) * dt, n=num_positions, max_steps=max_steps)
+  return eqx.branched_error_if(ys, failed | nonfinite, jnp.where(failed, 0, 1),
+                               (_MAX_STEPS_MSG.format(**fill), _NONFINITE_MSG.format(**fill)))
+
+
+def solve_stats(params: Any, p0: jax.Array, num_positions: int, *,
+                dynamics: Dynamics = vector_field, dt: float = 0.01, method: str = "tsit5",
+                rtol: float = 1e-3, atol: float = 1e-6, max_steps: int = 4096,
+                adjoint: str = "recursive", rk4_substeps: int = 5,
+                checkpoints: int | None = None) -> dict:
+  """``{"num_steps", "num_accepted_steps", "num_rejected_steps"}`` (int arrays) of the solve
+  that :func:`solve` does with the same arguments."""
+  if num_positions == 1:
+    zero = jnp.zeros((), jnp.int32)
+    return {"num_steps": zero, "num_accepted_steps": zero, "num_rejected_steps": zero}
+  sol = _diffeqsolve(params, jnp.asarray(p0), num_positions, dynamics=dynamics, dt=dt,
+                     method=method, rtol=rtol, atol=atol, max_steps=max_steps, adjoint=adjoint,
+                     rk4_substeps=rk4_substeps, checkpoints=checkpoints)
+  return {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+
+
+def solver_stats(model_params: dict, setup: Any, *, train: bool = True) -> dict:
+  """ODE solver steps of one forward pass of a run's model (for ``scripts/benchmark.py``).
+
+  ``model_params`` is the whole model's parameter tree (``state["params"]``), ``setup`` a
+  ``posenc.train.Setup``; the solve is the training step's (positions below
+  ``setup.train_bound()``), or with ``train=False`` the longest evaluation bucket's.
+  Returns Python ints: ``num_positions``, ``num_steps``, ``num_accepted_steps``,
+  ``num_rejected_steps``.
+  """
+  bound = setup.train_bound() if train else max(setup.eval_bound(p) for _, p in setup.eval_buckets)
+  enc = setup.model(bound).encoding
+  p = model_params["encoding"]
+  dyn = {k: p[f"ode_{k}"] for k in ("w1", "b1", "w2", "b2")}
+  stats = solve_stats(dyn, p["ode_p0"], bound, **enc.solver_kwargs())
+  return {"num_positions": int(bound), **{k: int(v) for k, v in stats.items()}}
+
+
+def lookup(table: jax.Array, positions: jax.Array) -> jax.Array:
+  """Rows of a solved ``table`` ``[N, ...]`` at int ``positions`` ``[B|1, L]`` -> ``[B|1, L, ...]``."""
+  return jnp.take(table, positions, axis=0, mode="clip")
+
+
+# ----------------------------------------------------------------------------- module
+
+
+class Encoding(_Base):
+  """FLOATER position terms from one ODE solve per forward pass (see the module docstring).
+
+  The table ``[max_position, streams, layers, d]`` is solved in ``setup`` up to the program's
+  static bound ``dims.max_position`` and rows are gathered by position in the hooks.
+  """
+
+  injection: str = "qkv"          # "qkv" (official: q/k/v biases) or "layer_input" (paper, Eq. 6)
+  method: str = "tsit5"           # "tsit5" (adaptive) or "rk4" (fixed step dt / rk4_substeps)
+  dt: float = 0.01
+  rtol: float = 1e-3
+  atol: float = 1e-6
+  max_steps: int = 4096           # bound on adaptive steps per solve (clear error beyond it)
+  rk4_substeps: int = 5
+  adjoint: str = "recursive"      # "recursive" (through the solver) or "backsolve"
+  checkpoints: int = 0            # recursive adjoint's checkpoints; 0: diffrax's default
+  sinusoidal_input: bool = True   # also add the sinusoidal table to the input (official)
+  base: float = 10000.0
+
+  @property
+  def QKV_BIAS(self) -> bool:  # noqa: N802 — the contract's attribute name
+    # The FLOATER terms ARE the q/k/v biases in the official form.
+    return self.injection != "qkv"
+
+  def check(self, max_position):
+    opts = (("injection", INJECTIONS), ("method", METHODS), ("adjoint", ADJOINTS))
+    for field, allowed in opts:
+      if getattr(self, field) not in allowed:
+        raise ConfigError(f"config.encoding.{field}",
+                          f"unknown value {getattr(self, field)!r}; choose one of {allowed}")
+    if not self.dt > 0:
+      raise ConfigError("config.encoding.dt", f"must be > 0, got {self.dt}")
+    if self.max_steps < 1:
+      raise ConfigError("config.encoding.max_steps", f"must be >= 1, got {self.max_steps}")
+    if self.rk4_substeps < 1:
+      raise ConfigError("config.encoding.rk4_substeps", f"must be >= 1, got {self.rk4_substeps}")
+    if self.checkpoints < 0:
+      raise ConfigError("config.encoding.checkpoints", f"must be >= 0, got {self.checkpoints}")
+
+  def setup(self):
+    d, layers = self.dims.d_model, self.dims.num_layers
+    streams = 3 if self.injection == "qkv" else 1
+    # Names carry an "ode_" prefix so a warm start from any other scheme never matches them.
+    xavier = nn.initializers.xavier_normal()
+    zeros = nn.initializers.zeros_init()
+    self.dynamics_params = {
+        "w1": self.param("ode_w1", xavier, (d + 1, d), jnp.float32),
+        "b1": self.param("ode_b1", zeros, (d,), jnp.float32),
+        "w2": self.param("ode_w2", xavier, (d + 1, d), jnp.float32),
+        "b2": self.param("ode_b2", zeros, (d,), jnp.float32),
+    }
+    self.p0 = self.param("ode_p0", _p0_init, (streams, layers, d), jnp.float32)
+    # Once per forward pass, independent of the batch: every position below the static bound,
+    # every layer and stream in one ODE state.
+    self.table = solve(self.dynamics_params, self.p0, self.dims.max_position, **self.solver_kwargs())
+
+  def solver_kwargs(self) -> dict:
+    """The options of :func:`solve` this module uses."""
+    return dict(dt=self.dt, method=self.method, rtol=self.rtol, atol=self.atol,
+                max_steps=self.max_steps, adjoint=self.adjoint, rk4_substeps=self.rk4_substeps,
+                checkpoints=self.checkpoints or None)
+
+  def embed(self, x, positions):
+    if not self.sinusoidal_input:
+      return x
+    return x + sinusoidal.table(positions, self.dims.d_model, self.base).astype(x.dtype)
+
+  def layer_input(self, x, positions, layer):
+    if self.injection != "layer_input":
+      return x
+    p_BxLxD = lookup(self.table[:, 0, layer], positions)
+    return x + p_BxLxD.astype(x.dtype)
+
+  def project(self, q, k, v, q_pos, k_pos, layer):
+    if self.injection != "qkv":
+      return q, k, v
+    heads, dh = self.dims.num_heads, self.dims.head_dim
+    table_Nx3xD = self.table[:, :, layer]
+    rows_q = lookup(table_Nx3xD, q_pos)  # [B|1, L, 3, D]: q, k and v rows in one gather
+    rows_kv = rows_q if k_pos is q_pos else lookup(table_Nx3xD, k_pos)
+
+    def bias(rows_BxLx3xD, stream, like):
+      return rows_BxLx3xD[..., stream, :].reshape(*rows_BxLx3xD.shape[:-2], heads, dh).astype(like.dtype)
+
+    return q + bias(rows_q, 0, q), k + bias(rows_kv, 1, k), v + bias(rows_kv, 2, v)

@@ -1,0 +1,290 @@
+"""FLOATER (Liu et al., ICML 2020): a neural ODE dp/dt = h(p, t) read at t_k = k·Δt.
+
+Conventions checked against the official code (xuanqing94/FLOATER):
+fairseq/modules/flow_funcs.py (``flow_func_linear``: Linear_t(d, d) -> ReLU -> Linear_t(d, d),
+each Linear_t fed [x; t], xavier_normal weights, zero biases) and
+fairseq/models/flow_transformer.py (``proj_bias`` [3, layers, d] xavier_uniform, time_dt 0.01,
+``odeint(..., method="rk4", options={"step_size": time_dt / 5})``).
+"""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from posenc import train
+from posenc.encodings import floater, sinusoidal
+from posenc.encodings.base import Dims
+from posenc.errors import ConfigError
+from tests import helpers
+
+DT = 0.01  # official time_dt
+
+
+def _rotation_field(omega):
+  """dp/dt = A·p, A block-diagonal generator of the (sin, cos) pairs at angular rate ``omega``.
+
+  d sin(ωt)/dt = ω cos(ωt), d cos(ωt)/dt = −ω sin(ωt): with ω_m/Δt, p(kΔt) = table(k).
+  """
+  def field(params, t, p):
+    del t
+    s, c = p[..., 0::2], p[..., 1::2]
+    return jnp.stack([params * c, -params * s], -1).reshape(p.shape)
+  return field
+
+
+@pytest.mark.parametrize("method,kwargs,tol", [
+    ("rk4", {}, 1e-2),                                   # the official solver settings
+    ("tsit5", {"rtol": 1e-6, "atol": 1e-8}, 1e-4),       # adaptive, tighter
+])
+def test_linear_rotation_dynamics_reproduce_the_sinusoidal_table(method, kwargs, tol):
+  d, n = 16, 128
+  omega = sinusoidal.frequencies(d) / DT
+  p0 = jnp.tile(jnp.array([0.0, 1.0]), d // 2)  # table(0) = [sin 0, cos 0, ...]
+  rows = floater.solve(omega, p0, n, dynamics=_rotation_field(omega), dt=DT, method=method,
+                       max_steps=2000, **kwargs)
+  assert rows.shape == (n, d) and rows.dtype == jnp.float32
+  err = float(jnp.max(jnp.abs(rows - sinusoidal.table(jnp.arange(n), d))))
+  assert err <= tol, err
+  if method == "rk4":
+    stats = floater.solve_stats(omega, p0, n, dynamics=_rotation_field(omega), method="rk4",
+                                max_steps=2000)
+    assert int(stats["num_steps"]) == 5 * (n - 1)  # step Δt/5 from t=0 to (n−1)·Δt
+
+
+def test_rk4_is_torchdiffeqs_three_eighths_rule():
+  """One step equals torchdiffeq's rk4_alt_step_func (torchdiffeq/_impl/rk_common.py), the
+  official solver: k2 at t+h/3, k3 at t+2h/3 with y+h(k2−k1/3), k4 with y+h(k1−k2+k3),
+  y1 = y + h(k1 + 3k2 + 3k3 + k4)/8."""
+  d, h = 4, 0.05
+  params = jax.tree_util.tree_map(lambda w: 2.0 * w, _dyn(d))
+  y = floater.init_p0(jax.random.PRNGKey(1), 1, 1, d)[0, 0]
+  f = lambda t, y: floater.vector_field(params, t, y)
+  k1 = f(0.0, y)
+  k2 = f(h / 3, y + h * k1 / 3)
+  k3 = f(2 * h / 3, y + h * (k2 - k1 / 3))
+  k4 = f(h, y + h * (k1 - k2 + k3))
+  want = y + h * (k1 + 3 * (k2 + k3) + k4) / 8
+  got = floater.solve(params, y, 2, dt=h, method="rk4", rk4_substeps=1)
+  np.testing.assert_allclose(got[1], want, rtol=1e-6, atol=1e-7)
+
+
+def _dyn(d, seed=0, scale=1.0):
+  params = floater.init_dynamics(jax.random.PRNGKey(seed), d)
+  return jax.tree_util.tree_map(lambda w: w * scale, params)
+
+
+def test_vector_field_is_the_official_two_layer_time_augmented_mlp():
+  d = 6
+  params = _dyn(d)
+  params = {**params, "b1": jnp.arange(d) * 0.1, "b2": -jnp.arange(d) * 0.2}
+  p = jax.random.normal(jax.random.PRNGKey(1), (3, 2, d))
+  t = 0.37
+  # Written with the explicit concatenation [p; t] of Linear_t (kernel layout [d+1, d]).
+  aug = lambda x: jnp.concatenate([x, jnp.full(x.shape[:-1] + (1,), t)], -1)
+  hidden = jax.nn.relu(aug(p) @ params["w1"] + params["b1"])
+  want = aug(hidden) @ params["w2"] + params["b2"]
+  np.testing.assert_allclose(floater.vector_field(params, t, p), want, rtol=1e-5, atol=1e-6)
+  # Official initialisation: xavier-normal weights W ∈ R^{d×(d+1)} (std sqrt(2/(2d+1))), zero biases.
+  big = floater.init_dynamics(jax.random.PRNGKey(2), 256)
+  assert big["w1"].shape == (257, 256) and not jnp.any(big["b1"]) and not jnp.any(big["b2"])
+  np.testing.assert_allclose(jnp.std(big["w2"]), np.sqrt(2 / (2 * 256 + 1)), rtol=0.02)
+  # p(0): torch's xavier_uniform_ on [3, layers, d]: bound sqrt(6 / (layers·d + 3·d)).
+  p0 = floater.init_p0(jax.random.PRNGKey(3), 3, 4, 64)
+  bound = np.sqrt(6 / (4 * 64 + 3 * 64))
+  assert p0.shape == (3, 4, 64) and float(jnp.max(jnp.abs(p0))) <= bound
+  assert float(jnp.max(jnp.abs(p0))) > 0.9 * bound
+
+
+@pytest.mark.parametrize("method,kwargs,tol", [
+    ("rk4", {}, 1e-6),                                  # the same steps: equal up to rounding
+    ("tsit5", {"rtol": 1e-7, "atol": 1e-9}, 1e-5),      # adaptive: equal to solver tolerance
+])
+def test_prefix_of_a_long_solve_equals_a_short_solve(method, kwargs, tol):
+  d = 8
+  params, p0 = _dyn(d), floater.init_p0(jax.random.PRNGKey(1), 3, 2, d)
+  short = jax.jit(lambda: floater.solve(params, p0, 10, method=method, **kwargs))()
+  long = jax.jit(lambda: floater.solve(params, p0, 40, method=method, **kwargs))()
+  assert long.shape == (40, 3, 2, d)
+  np.testing.assert_array_equal(long[0], p0)  # row 0 is p(0)
+  np.testing.assert_allclose(long[:10], short, atol=tol)
+
+
+def _module(num_layers=2, d=16, heads=2, max_position=24, causal=False, **kw):
+  dims = Dims(d_model=d, num_heads=heads, num_layers=num_layers, causal=causal,
+              max_position=max_position)
+  return floater.Encoding(dims=dims, **kw)
+
+
+def _init(module, length=8):
+  x = jnp.zeros((1, length, module.dims.d_model))
+  pos = jnp.arange(length, dtype=jnp.int32)[None]
+  return module.init(jax.random.PRNGKey(0), x, pos, method="embed")["params"]
+
+
+def test_dynamics_are_shared_by_all_layers_only_p0_grows():
+  shapes = {n: jax.tree_util.tree_map(jnp.shape, jax.eval_shape(lambda n=n: _init(_module(n))))
+            for n in (1, 4)}
+  dyn = {k: v for k, v in shapes[1].items() if k != "ode_p0"}
+  assert dyn == {k: v for k, v in shapes[4].items() if k != "ode_p0"}
+  assert dyn == {"ode_w1": (17, 16), "ode_b1": (16,), "ode_w2": (17, 16), "ode_b2": (16,)}
+  assert shapes[1]["ode_p0"] == (3, 1, 16) and shapes[4]["ode_p0"] == (3, 4, 16)
+  layer_input = jax.eval_shape(lambda: _init(_module(4, injection="layer_input")))
+  assert layer_input["ode_p0"].shape == (1, 4, 16)
+
+
+def test_one_solve_per_forward_pass_and_rows_gathered_by_position(monkeypatch):
+  calls = []
+  real = floater.solve
+  monkeypatch.setattr(floater, "solve", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+  m = _module(num_layers=3, max_position=40)
+  params = jax.jit(lambda: _init(m))()
+  calls.clear()
+  # Randomized (sorted, gappy) positions, per example; q/k/v of every layer.
+  pos = jnp.array([[0, 5, 17, 39], [2, 3, 30, 31]], jnp.int32)
+  k_pos = jnp.array([[1, 4, 9, 38]], jnp.int32)  # [1, L]: shared by the batch
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 4, 2, 8)) for i in range(3))
+  x = jnp.ones((2, 4, 16))
+
+  @jax.jit
+  def forward(params):
+    def hooks(mod):
+      return (mod.embed(x, pos), [mod.project(q, k, v, pos, pos, layer) for layer in range(3)],
+              mod.project(q, k, v, pos, k_pos, 1))
+    return m.apply({"params": params}, method=hooks)
+
+  embedded, out, cross = forward(params)
+  assert calls == [40]  # once, up to the static bound, for every layer and q/k/v
+  dyn = {n: params[f"ode_{n}"] for n in ("w1", "b1", "w2", "b2")}
+  table = jax.jit(lambda: real(dyn, params["ode_p0"], 40))()
+  for layer in range(3):
+    for stream, got in enumerate(out[layer]):
+      want = table[pos, stream, layer].reshape(2, 4, 2, 8)
+      np.testing.assert_allclose(got - (q, k, v)[stream], want, atol=1e-6)
+  for stream, got in enumerate(cross):  # q rows at q_pos, k and v rows at k_pos
+    rows = table[pos if stream == 0 else k_pos, stream, 1].reshape(-1, 4, 2, 8)
+    np.testing.assert_allclose(got - (q, k, v)[stream], jnp.broadcast_to(rows, got.shape), atol=1e-6)
+  # The input encoding is the sinusoidal table (official: fairseq's embed_positions kept).
+  np.testing.assert_allclose(embedded, x + sinusoidal.table(pos, 16), atol=1e-6)
+
+
+def test_qkv_injection_drops_the_projection_biases_layer_input_keeps_them():
+  from posenc.model import ModelConfig, Transformer
+  cfg = ModelConfig(vocab_size=5, output_vocab_size=3, d_model=16, num_heads=2, num_layers=2,
+                    d_ff=16, dropout=0.0)
+  tokens = jnp.zeros((1, 6), jnp.int32)
+  pos = jnp.arange(6, dtype=jnp.int32)[None]
+  for injection, has_bias in (("qkv", False), ("layer_input", True)):
+    model = Transformer(cfg, _module(injection=injection, max_position=6))
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, pos,
+                                               jnp.ones((1, 6), bool)))["params"]
+    assert ("bias" in params["layer1_query"]) == has_bias
+    assert model.encoding.QKV_BIAS == has_bias
+
+
+def test_gradients_match_finite_differences():
+  with jax.enable_x64(True):
+    d, n = 4, 6
+    base = jax.tree_util.tree_map(lambda w: w.astype(jnp.float64), _dyn(d))
+    p0 = floater.init_p0(jax.random.PRNGKey(1), 3, 1, d).astype(jnp.float64)
+    weights = jnp.sin(jnp.arange(n * 3 * d, dtype=jnp.float64)).reshape(n, 3, 1, d)
+
+    def loss(params, p0, method="rk4", **kw):
+      return jnp.sum(weights * floater.solve(params, p0, n, method=method, **kw))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2,
+                   static_argnames=("adjoint", "rtol", "atol"))
+    # Large weights, so ReLUs switch along the trajectory. Backprop through the fixed-step
+    # solver is the exact derivative of the discrete map.
+    params = {**jax.tree_util.tree_map(lambda w: 3.0 * w, base), "b1": base["b1"] + 0.3}
+    grads = grad(params, p0)
+    for leaf in jax.tree_util.tree_leaves(grads):
+      assert leaf.dtype == jnp.float64 and bool(jnp.all(jnp.isfinite(leaf)))
+    f = jax.jit(loss)
+    eps = 1e-6
+    for name, idx in (("w1", (1, 2)), ("w1", (d, 0)), ("w2", (3, 1)), ("b1", (2,)), ("b2", (0,))):
+      x = params[name][idx]
+      plus = f({**params, name: params[name].at[idx].set(x + eps)}, p0)
+      minus = f({**params, name: params[name].at[idx].set(x - eps)}, p0)
+      np.testing.assert_allclose(grads[0][name][idx], (plus - minus) / (2 * eps), rtol=1e-6, atol=1e-9)
+    plus, minus = f(params, p0.at[2, 0, 1].add(eps)), f(params, p0.at[2, 0, 1].add(-eps))
+    np.testing.assert_allclose(grads[1][2, 0, 1], (plus - minus) / (2 * eps), rtol=1e-6)
+
+    # Backprop through the adaptive solver (the default) and the continuous adjoint (the
+    # official code's odeint_adjoint) converge to the same ODE gradient. Biases keep every ReLU
+    # active here: across a ReLU kink any discretisation's gradient converges at first order only.
+    smooth = {**base, "b1": base["b1"] + 10.0}
+    ref = grad(smooth, p0)
+    for adjoint in ("recursive", "backsolve"):
+      got = grad(smooth, p0, "tsit5", adjoint=adjoint, rtol=1e-10, atol=1e-12)
+      for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+
+
+def test_jit_and_vmap():
+  d = 8
+  params = _dyn(d)
+  p0s = floater.init_p0(jax.random.PRNGKey(1), 2, 1, d)[:, 0]  # two independent initial values
+  one = jax.jit(lambda p: floater.solve(params, p, 12))
+  batched = jax.jit(jax.vmap(one))(p0s)
+  assert batched.shape == (2, 12, d)
+  for i in range(2):  # vmap batches the two solves; each keeps its own solution
+    np.testing.assert_allclose(batched[i], one(p0s[i]), atol=1e-5)
+
+
+def test_stiff_dynamics_raise_a_clear_error_not_a_hang_or_nans():
+  d = 8
+  stiff, p0 = _dyn(d, scale=1e3), floater.init_p0(jax.random.PRNGKey(1), 3, 1, d)
+  with pytest.raises(Exception, match="FLOATER ODE solver") as err:
+    jax.block_until_ready(jax.jit(lambda w: floater.solve(w, p0, 50, max_steps=16))(stiff))
+  assert "config.encoding.max_steps" in str(err.value)
+  # Fixed steps cannot run out of steps; a blow-up to Inf/NaN is refused instead.
+  with pytest.raises(Exception, match="FLOATER ODE solver.*NaN/Inf"):
+    jax.block_until_ready(floater.solve(_dyn(d, scale=1e6), p0 * 1e6, 50, method="rk4"))
+  with pytest.raises(ConfigError, match="config.encoding.max_steps"):
+    _module(max_steps=0).check(64)
+  with pytest.raises(ConfigError, match="config.encoding.injection"):
+    _module(injection="input").check(8)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+_FAST_EVAL = {"eval.num_buckets": 1}  # one evaluation program per run keeps the suite quick
+
+
+def test_warm_start_from_a_sinusoidal_run_end_to_end(tmp_path):
+  """The paper's protocol: fine-tune FLOATER from a trained sinusoidal Transformer (encoder)."""
+  sin = helpers.config("sinusoidal", **_FAST_EVAL)
+  sin.workdir = str(tmp_path / "sin")
+  train.train_and_evaluate(sin, log=lambda *_: None)
+  c = helpers.config("floater", **_FAST_EVAL, **{"init.from_workdir": sin.workdir})
+  c.workdir = str(tmp_path / "floater")
+  lines = []
+  results = train.train_and_evaluate(c, log=lines.append)
+  helpers.check_smoke_results(results)
+  assert results["mode"] == "encoder"
+  line = next(l for l in lines if l.startswith("warm start"))
+  source, _ = train.load_params(sin.workdir)
+  target = jax.eval_shape(lambda: train.init_state(train.setup(c), jax.random.PRNGKey(0)))["params"]
+  _, copied, fresh = train.warm_start(target, source, sin.workdir, check_only=True)
+  # Everything but FLOATER's own parameters comes from the sinusoidal run.
+  assert sorted(fresh) == [f"encoding/ode_{n}" for n in ("b1", "b2", "p0", "w1", "w2")]
+  assert f"{len(copied)} parameter arrays" in line and "encoding/ode_" in line
+  assert "embed/embedding" in copied and "layer0_query/kernel" in copied
+
+
+def test_smoke_decoder_with_randomized_positions(tmp_path):
+  results = helpers.run_smoke(tmp_path, "floater", **_FAST_EVAL, **{
+      "model.causal": True, "positions.kind": "randomized", "positions.max_position": 64})
+  helpers.check_smoke_results(results)
+  assert results["mode"] == "decoder"
+
+
+def test_smoke_layer_input_injection(tmp_path):
+  results = helpers.run_smoke(tmp_path, "floater", **_FAST_EVAL,
+                              **{"encoding.injection": "layer_input"})
+  helpers.check_smoke_results(results)
+  assert os.path.exists(tmp_path / "floater-run" / "DONE")
