@@ -63,6 +63,29 @@ def config_for(scheme: str, preset: str | None):
   return c
 
 
+def bench_lm(scheme: str, args, rate: float) -> dict:
+  """Training-step speed and MFU of ``configs/lm/<scheme>.py``'s default preset."""
+  c = importlib.import_module(f"configs.lm.{scheme}").get_config(args.preset)
+  s = train.setup(c)
+  keys = train.root_keys(0)
+  state = train.init_state(s, keys["init"])
+  compiled = jax.jit(train.make_train_step(s), donate_argnums=0).lower(state, keys["train"]).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  for _ in range(args.warmup):
+    state, _ = compiled(state, keys["train"])
+  jax.block_until_ready(state)
+  t = time.perf_counter()
+  for _ in range(args.steps):
+    state, _ = compiled(state, keys["train"])
+  jax.block_until_ready(state)
+  step_s = (time.perf_counter() - t) / args.steps
+  return {"scheme": scheme, "step_ms": 1e3 * step_s,
+          "tokens_per_s": c.train.batch_size * s.train_padded / step_s,
+          "step_gflop": flops / 1e9, "mfu": (flops / step_s) / rate if flops else None}
+
+
 def bench_scheme(scheme: str, args, rate: float) -> dict:
   c = config_for(scheme, args.preset)
   with c.unlocked():
@@ -113,6 +136,29 @@ def bench_scheme(scheme: str, args, rate: float) -> dict:
   return row
 
 
+def bench_seeds(args, num_seeds: int = 8) -> dict:
+  """``num_seeds`` runs vmapped in one program vs the same runs one after another (per step)."""
+  c = config_for("sinusoidal", args.preset)
+  times = {}
+  for label, s_count in (("sequential", 1), ("vmapped", num_seeds)):
+    with c.unlocked():
+      c.num_seeds = s_count
+    s = train.setup(c)
+    keys = train.root_keys(0, s_count)
+    state = train.seeded(lambda k: train.init_state(s, k), s_count)(keys["init"])
+    step = jax.jit(train.seeded(train.make_train_step(s), s_count), donate_argnums=0)
+    state, _ = step(state, keys["train"])
+    jax.block_until_ready(state)
+    t = time.perf_counter()
+    for _ in range(args.steps):
+      state, _ = step(state, keys["train"])
+    jax.block_until_ready(state)
+    per_step = (time.perf_counter() - t) / args.steps
+    times[label] = per_step * (num_seeds if s_count == 1 else 1)
+  return {"num_seeds": num_seeds, "sequential_s_per_step": times["sequential"],
+          "vmapped_s_per_step": times["vmapped"], "speedup": times["sequential"] / times["vmapped"]}
+
+
 def markdown(rows: list[dict], base: dict | None) -> str:
   head = ("| scheme | mode | compile s | step ms | × sinusoidal | tokens/s | eval 41–500 s | "
           "eval × sin. | eval programs | peak MB | MFU |")
@@ -140,6 +186,9 @@ def main() -> None:
   p.add_argument("--eval_max", type=int, default=500)
   p.add_argument("--eval_samples", type=int, default=16, help="samples per evaluated length")
   p.add_argument("--out", default="benchmark.json")
+  p.add_argument("--lm", default="", help="comma-separated schemes to time on the LM preset "
+                 "(configs/lm/<scheme>.py); default: those with an LM config")
+  p.add_argument("--skip_seeds", action="store_true", help="skip the num_seeds=8 comparison")
   args = p.parse_args()
 
   schemes = [x for x in args.schemes.split(",") if x] or encodings.names()
@@ -160,8 +209,34 @@ def main() -> None:
   base = next((r for r in rows if r["scheme"] == "sinusoidal" and "error" not in r), None)
   table = markdown(rows, base)
   print(table)
+
+  lm_rows = []
+  lm_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "lm")
+  lm_schemes = [x for x in args.lm.split(",") if x] or sorted(
+      f[:-3] for f in os.listdir(lm_dir) if f.endswith(".py") and f not in ("__init__.py", "base.py")) \
+      if os.path.isdir(lm_dir) else []
+  for scheme in lm_schemes:
+    try:
+      row = bench_lm(scheme, args, rate)
+    except Exception as e:  # noqa: BLE001
+      row = {"scheme": scheme, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+    lm_rows.append(row)
+    print(json.dumps(row), flush=True)
+  lm_table = "\n".join(
+      ["| LM scheme | step ms | tokens/s | step GFLOP | MFU |", "|---|---|---|---|---|"] +
+      [f"| {r['scheme']} | error: {r['error']} | | | |" if "error" in r else
+       f"| {r['scheme']} | {r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['step_gflop']:.2f} | "
+       f"{100 * r['mfu']:.1f}% |" for r in lm_rows]) if lm_rows else ""
+  if lm_table:
+    print(lm_table)
+  seeds = None if args.skip_seeds else bench_seeds(args)
+  if seeds:
+    print(f"num_seeds=8: {seeds['vmapped_s_per_step'] * 1e3:.1f} ms per step for 8 seeds vmapped vs "
+          f"{seeds['sequential_s_per_step'] * 1e3:.1f} ms for 8 sequential steps: "
+          f"{seeds['speedup']:.2f}x faster")
   out = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "matmul_gflops": rate / 1e9,
-         "args": vars(args), "rows": rows, "markdown": table}
+         "args": vars(args), "rows": rows, "markdown": table, "lm_rows": lm_rows,
+         "lm_markdown": lm_table, "seeds": seeds}
   with open(args.out, "w") as f:
     json.dump(out, f, indent=2)
   print(f"wrote {args.out}")
