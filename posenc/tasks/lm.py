@@ -491,6 +491,7 @@ def plot_perplexity(results: dict, path: str, title: str) -> None:
   import matplotlib  # noqa: PLC0415
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
+  import matplotlib.ticker  # noqa: PLC0415
 
   from posenc import reporting  # noqa: PLC0415
 
@@ -505,6 +506,11 @@ def plot_perplexity(results: dict, path: str, title: str) -> None:
              label=f"training length {lm['train_length']}")
   ax.set_xscale("log", base=2)
   ax.set_yscale("log")
+  ticks = sorted({int(l) for key in ("nonoverlapping", "final_tokens") for l in lm[key]})
+  ax.set_xticks(ticks, [str(t) for t in ticks])
+  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+  ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
   ax.set_xlabel("evaluation length (bytes)")
   ax.set_ylabel("perplexity (per byte)")
   ax.set_title(title)
