@@ -227,7 +227,7 @@ def test_a_solver_error_inside_a_step_becomes_one_line(tmp_path, monkeypatch):
 def test_a_solver_error_during_evaluation_becomes_one_line(tmp_path, monkeypatch):
   import equinox as eqx
 
-  def failing_evaluate(s, params, key, log=None):
+  def failing_evaluate(s, params, key, log=None, num_seeds=1):
     return jax.device_get(jax.jit(lambda x: eqx.error_if(x, x > 0, "FLOATER ODE solver: at length 9"))(
         jnp.ones(())))
 
