@@ -13,8 +13,8 @@ from tests import helpers
 # One step on the smoke config from seed 0. These pin the rng tree, data pipeline, model
 # and optimizer: an unintended change to any of them shows up here.
 GOLDEN = {
-    False: {"loss": 1.0425182580947876, "grad_norm": 4.338799476623535, "accuracy": 0.35},
-    True: {"loss": 0.8991003036499023, "grad_norm": 1.334517478942871, "accuracy": 0.45},
+    False: {"loss": 1.0774805545806885, "grad_norm": 4.764216899871826, "accuracy": 0.30},
+    True: {"loss": 0.9880008697509766, "grad_norm": 1.6396715641021729, "accuracy": 0.45},
 }
 
 
