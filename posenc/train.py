@@ -467,6 +467,7 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
   """
   e = s.config.eval
   mesh = parallel.data_mesh()
+  cache = eval_cache(s, params, num_seeds)
   batch_size = min(e.batch_size, e.samples_per_length)
   chunks = math.ceil(e.samples_per_length / batch_size)
   sums: dict[int, list] = {}
@@ -477,21 +478,21 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
         s.task, positions_lib.make(s.config.positions, train=False), batch_size=batch_size,
         lengths=lengths, padded_length=padded, causal=s.causal)
 
-    def score_one(params, key, index, chunk, model=model, batch_fn=batch_fn, lengths=lengths):
+    def score_one(params, cache, key, index, chunk, model=model, batch_fn=batch_fn, lengths=lengths):
       length = jnp.asarray(lengths, jnp.int32)[index]
       batch = batch_fn(jax.random.fold_in(jax.random.fold_in(key, length), chunk), index)
       if batch_size % mesh.size == 0:
         batch = parallel.shard_batch(batch, mesh, batch_size)
-      logits = model.apply({"params": params}, batch["tokens"], batch["positions"], batch["valid"],
-                           train=False)
+      logits = model.apply({"params": params, **cache}, batch["tokens"], batch["positions"],
+                           batch["valid"], train=False)
       seq, has = data_lib.sequence_scores(logits, batch)
       return jnp.stack([jnp.sum(jnp.where(has, seq, 0.0)), jnp.sum(has)])
 
-    score = jax.jit(jax.vmap(score_one, in_axes=(0, 0, None, None)) if num_seeds > 1 else score_one,
+    score = jax.jit(jax.vmap(score_one, in_axes=(0, 0, 0, None, None)) if num_seeds > 1 else score_one,
                     out_shardings=parallel.replicated(mesh) if mesh.size > 1 else None)
 
     for i, length in enumerate(lengths):
-      sums[length] = [score(params, key, i, c) for c in range(chunks)]
+      sums[length] = [score(params, cache, key, i, c) for c in range(chunks)]
     if log:
       log(f"eval: lengths {lengths[0]}–{lengths[-1]} (padded to {padded}) "
           f"dispatched, {time.perf_counter() - t0:.1f}s")
@@ -501,6 +502,26 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
     for k in range(num_seeds):
       per_seed[k][length] = float(total[k, 0] / total[k, 1]) if total[k, 1] > 0 else float("nan")
   return per_seed if num_seeds > 1 else per_seed[0]
+
+
+def eval_cache(s: Setup, params, num_seeds: int = 1) -> dict:
+  """The scheme's ``EVAL_CACHE`` arrays, computed once for the longest evaluated sequence.
+
+  Returns ``{"cache": {"encoding": {name: array}}}`` (empty when the scheme declares none),
+  to be merged into the variables of every evaluation program.
+  """
+  names = getattr(encodings.get(s.config.encoding.name), "EVAL_CACHE", ())
+  if not names or not s.eval_buckets:
+    return {}
+  model = s.model(max(s.eval_bound(padded) for _, padded in s.eval_buckets))
+
+  def compute(params):
+    def read(m):
+      return {n: getattr(m.encoding, n) for n in names if hasattr(m.encoding, n)}
+    return model.apply({"params": params}, method=read)
+
+  arrays = jax.jit(seeded(compute, num_seeds))(params)
+  return {"cache": {"encoding": arrays}} if arrays else {}
 
 
 def summarize(s: Setup, per_length: dict[int, float]) -> dict:

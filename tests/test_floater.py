@@ -288,3 +288,24 @@ def test_smoke_layer_input_injection(tmp_path):
                               **{"encoding.injection": "layer_input"})
   helpers.check_smoke_results(results)
   assert os.path.exists(tmp_path / "floater-run" / "DONE")
+
+
+def test_evaluation_solves_once_and_reuses_the_table():
+  """The table solved once for the longest evaluated length gives the same logits as each
+  program solving its own (shorter) table."""
+  from posenc import train as train_lib
+  c = helpers.config("floater", **{"eval.max_length": 12, "eval.num_buckets": 2})
+  s = train_lib.setup(c)
+  params = train_lib.init_state(s, jax.random.PRNGKey(0))["params"]
+  cache = train_lib.eval_cache(s, params)
+  table = cache["cache"]["encoding"]["table"]
+  longest = max(s.eval_bound(p) for _, p in s.eval_buckets)
+  assert table.shape[0] == longest
+  _, padded = s.eval_buckets[0]
+  model = s.model(s.eval_bound(padded))
+  tokens = jnp.full((2, padded), 4, jnp.int32)
+  pos = jnp.arange(padded)[None]
+  valid = jnp.ones((2, padded), bool)
+  own = model.apply({"params": params}, tokens, pos, valid)
+  reused = model.apply({"params": params, **cache}, tokens, pos, valid)
+  np.testing.assert_allclose(np.asarray(reused), np.asarray(own), rtol=1e-5, atol=1e-5)

@@ -27,6 +27,10 @@ Class attributes a scheme may set:
 * ``QKV_BIAS``: whether the q/k/v projections carry their own bias (FLOATER: no).
 * ``CONTENT_SCALE``: multiplies the content logits ``q·k / sqrt(Dh)``
   (DeBERTa and TUPE rescale them).
+* ``EVAL_CACHE``: names of batch-free arrays that ``setup`` computes from the parameters
+  alone (FLOATER's solved table). Evaluation computes them once, for its longest length,
+  and passes them to every program in the ``"cache"`` collection; ``setup`` then uses
+  ``self.get_variable("cache", name)`` instead of recomputing.
 
 Parameters are created in ``setup`` (per-layer tables as lists indexed by
 ``layer``; shared ones once), so layer sharing is the scheme's own business.
@@ -85,6 +89,7 @@ class Encoding(nn.Module):
   MODE_REASON: ClassVar[str] = ""
   QKV_BIAS: ClassVar[bool] = True
   CONTENT_SCALE: ClassVar[float] = 1.0
+  EVAL_CACHE: ClassVar[tuple[str, ...]] = ()
 
   def check(self, max_position: int) -> None:
     """Raises ConfigError if positions up to ``max_position - 1`` cannot be encoded."""

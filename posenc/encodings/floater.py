@@ -262,6 +262,8 @@ class Encoding(_Base):
   static bound ``dims.max_position`` and rows are gathered by position in the hooks.
   """
 
+  EVAL_CACHE = ("table",)
+
   injection: str = "qkv"          # "qkv" (official: q/k/v biases) or "layer_input" (paper, Eq. 6)
   method: str = "tsit5"           # "tsit5" (adaptive) or "rk4" (fixed step dt / rk4_substeps)
   dt: float = 0.01
@@ -308,8 +310,12 @@ class Encoding(_Base):
     }
     self.p0 = self.param("ode_p0", _p0_init, (streams, layers, d), jnp.float32)
     # Once per forward pass, independent of the batch: every position below the static bound,
-    # every layer and stream in one ODE state.
-    self.table = solve(self.dynamics_params, self.p0, self.dims.max_position, **self.solver_kwargs())
+    # every layer and stream in one ODE state. Evaluation solves once for its longest length
+    # and hands the table to every program through the "cache" collection (EVAL_CACHE).
+    if self.has_variable("cache", "table"):
+      self.table = self.get_variable("cache", "table")
+    else:
+      self.table = solve(self.dynamics_params, self.p0, self.dims.max_position, **self.solver_kwargs())
 
   def solver_kwargs(self) -> dict:
     """The options of :func:`solve` this module uses."""

@@ -113,6 +113,8 @@ def step_network(params: dict) -> Callable[[jax.Array], jax.Array]:
 class Encoding(_Base):
   """``iterate``: adds ``p_k`` from the recurrence; ``rnn``: adds a left-to-right GRU's outputs."""
 
+  EVAL_CACHE = ("table",)  # the iterate form's table; the rnn form has none
+
   form: str = "iterate"
   hidden: int = 64       # width of the tanh layer of the step network (iterate)
   base: float = 10000.0  # sinusoid base of the initial rotation A = M(1) and p_0 (iterate)
@@ -130,7 +132,10 @@ class Encoding(_Base):
       self.W2 = self.param("W2", nn.initializers.zeros, (d, self.hidden))
       a = rotation_from_generator(self.S)
       f = norm_preserving(step_network({"A": a, "W1": self.W1, "b1": self.b1, "W2": self.W2}))
-      self.table = iterate(f, self.p0, self.dims.max_position)  # [max_position, d], batch-free
+      if self.has_variable("cache", "table"):  # evaluation: iterated once for every length
+        self.table = self.get_variable("cache", "table")
+      else:
+        self.table = iterate(f, self.p0, self.dims.max_position)  # [max_position, d], batch-free
     elif self.form == "rnn":
       self.rnn = nn.RNN(nn.GRUCell(features=d), name="gru")
 
