@@ -96,13 +96,23 @@ def _lengths(d: dict | None) -> dict[int, float] | None:
   return {int(k): (float("nan") if v is None else float(v)) for k, v in d.items()}
 
 
-def read_run(results_path: str) -> Run:
-  """A run from its ``results.json`` (and ``config.json`` beside it, when present)."""
+def read_run(results_path: str) -> Run | None:
+  """A run from its ``results.json`` (and ``config.json`` beside it, when present).
+
+  A run with ``num_seeds = S > 1`` writes ``seeds/seed<k>/results.json`` per seed and their
+  aggregate at the top: the per-seed files are the runs (config and DONE read from the run's
+  folder), the aggregate is skipped (None) so no seed is counted twice.
+  """
   wd = os.path.dirname(results_path)
   with open(results_path) as f:
     r = json.load(f)
+  if int(r.get("num_seeds", 1)) > 1:
+    return None
+  run_dir = wd
+  if os.path.basename(os.path.dirname(wd)) == "seeds":
+    run_dir = os.path.dirname(os.path.dirname(wd))
   attrs: dict[str, Any] = {}
-  config_path = os.path.join(wd, "config.json")
+  config_path = os.path.join(run_dir, "config.json")
   if os.path.exists(config_path):
     with open(config_path) as f:
       attrs.update(_flat(json.load(f)))
@@ -117,7 +127,7 @@ def read_run(results_path: str) -> Run:
              per_length={} if is_lm else per_length, train_range=train_range,
              eval_range=tuple(r.get("eval_range") or (0, 0)), attrs=attrs,
              per_length_perplexity=per_length if is_lm else None,
-             config_hash=r.get("config_hash", ""), done=os.path.exists(os.path.join(wd, "DONE")))
+             config_hash=r.get("config_hash", ""), done=os.path.exists(os.path.join(run_dir, "DONE")))
 
 
 def find_runs(dirs: Sequence[str], log=print) -> list[Run]:
@@ -137,7 +147,9 @@ def find_runs(dirs: Sequence[str], log=print) -> list[Run]:
   runs = []
   for p in sorted(set(os.path.abspath(p) for p in paths)):
     try:
-      runs.append(read_run(p))
+      run = read_run(p)
+      if run is not None:
+        runs.append(run)
     except (OSError, ValueError, KeyError, TypeError) as e:
       log(f"warning: skipping {p}: {type(e).__name__}: {e}")
   return runs

@@ -736,7 +736,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
     reporting.plot_training(os.path.join(wd, "plots", "training.png"), reporting.read_metrics(wd))
     reporting.atomic_write_text(done_path, f"{s.config_hash}\n")
   fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
-  log(f"done: in-range accuracy {fmt(results['in_range_score'])}, beyond training "
+  what = "score (bits per byte)" if hasattr(s.task, "evaluate") else "accuracy"
+  log(f"done: in-range {what} {fmt(results['in_range_score'])}, beyond training "
       f"{fmt(results['out_of_range_score'])}" + (f" (mean of {S} seeds)" if S > 1 else "")
       + f"; results in {results_path}")
   return results

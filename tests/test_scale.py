@@ -48,6 +48,10 @@ def test_num_seeds_equals_separate_runs(tmp_path):
                                [single["per_length"][l] for l in lengths], atol=1e-6)
   assert agg["num_seeds"] == 2 and agg["seeds"] == [3, 4]
   assert len(agg["in_range_score_per_seed"]) == 2
+  # collect counts each seed once: the per-seed files, not the aggregate beside them.
+  from experiments import collect
+  runs = collect.find_runs([str(tmp_path / "both")], log=lambda *_: None)
+  assert sorted(r.seed for r in runs) == [3, 4] and all(r.done for r in runs)
 
 
 _DP_SCRIPT = r"""

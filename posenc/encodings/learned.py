@@ -16,6 +16,21 @@ from posenc.errors import ConfigError
 FALLBACKS = ("error", "clamp")
 
 
+def check_table(max_len: int, fallback: str, max_position: int, other_fix: str = "") -> None:
+  """Refuses a table of ``max_len`` rows for positions up to ``max_position − 1`` (no fallback)."""
+  if fallback not in FALLBACKS:
+    raise ConfigError("config.encoding.fallback",
+                      f"unknown fallback {fallback!r}; choose one of {FALLBACKS}")
+  if max_len < 1:
+    raise ConfigError("config.encoding.max_len", f"must be >= 1, got {max_len}")
+  if max_position > max_len and fallback == "error":
+    raise ConfigError(
+        "config.encoding.max_len",
+        f"positions up to {max_position - 1} are needed but the learned table has "
+        f"{max_len} rows; raise --config.encoding.max_len to at least {max_position}"
+        f"{other_fix} or set --config.encoding.fallback=clamp")
+
+
 def lookup(table, positions):
   """Rows of ``table`` at ``positions``; indices past the end read the last row."""
   return jnp.take(table, jnp.clip(positions, 0, table.shape[0] - 1), axis=0)
@@ -32,17 +47,7 @@ class Encoding(_Base):
                             (self.max_len, self.dims.d_model), jnp.float32)
 
   def check(self, max_position):
-    if self.fallback not in FALLBACKS:
-      raise ConfigError("config.encoding.fallback",
-                        f"unknown fallback {self.fallback!r}; choose one of {FALLBACKS}")
-    if self.max_len < 1:
-      raise ConfigError("config.encoding.max_len", f"must be >= 1, got {self.max_len}")
-    if max_position > self.max_len and self.fallback == "error":
-      raise ConfigError(
-          "config.encoding.max_len",
-          f"positions up to {max_position - 1} are needed but the learned table has "
-          f"{self.max_len} rows; raise --config.encoding.max_len to at least {max_position} "
-          f"or set --config.encoding.fallback=clamp")
+    check_table(self.max_len, self.fallback, max_position)
 
   def embed(self, x, positions):
     return x + lookup(self.table, positions).astype(x.dtype)

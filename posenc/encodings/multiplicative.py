@@ -64,17 +64,8 @@ class Encoding(_Base):
                         f"unknown variant {self.variant!r}; choose one of {VARIANTS}")
     if self.variant != "learned":
       return
-    if self.fallback not in learned.FALLBACKS:
-      raise ConfigError("config.encoding.fallback",
-                        f"unknown fallback {self.fallback!r}; choose one of {learned.FALLBACKS}")
-    if self.max_len < 1:
-      raise ConfigError("config.encoding.max_len", f"must be >= 1, got {self.max_len}")
-    if max_position > self.max_len and self.fallback == "error":
-      raise ConfigError(
-          "config.encoding.max_len",
-          f"positions up to {max_position - 1} are needed but the learned table has "
-          f"{self.max_len} rows; raise --config.encoding.max_len to at least {max_position}, "
-          f"set --config.encoding.fallback=clamp or --config.encoding.variant=sinusoidal")
+    learned.check_table(self.max_len, self.fallback, max_position,
+                        other_fix=", set --config.encoding.variant=sinusoidal,")
 
   def embed(self, x, positions):
     if self.variant == "learned":
