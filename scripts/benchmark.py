@@ -63,13 +63,13 @@ def config_for(scheme: str, preset: str | None):
   return c
 
 
-def bench_lm(scheme: str, args, rate: float) -> dict:
-  """Training-step speed and MFU of ``configs/lm/<scheme>.py``'s default preset."""
-  c = importlib.import_module(f"configs.lm.{scheme}").get_config(args.preset)
-  s = train.setup(c)
+def time_training(s, args) -> dict:
+  """Compiles the training step of setup ``s`` and times it: compile s, s/step, XLA FLOPs."""
   keys = train.root_keys(0)
   state = train.init_state(s, keys["init"])
+  t = time.perf_counter()
   compiled = jax.jit(train.make_train_step(s), donate_argnums=0).lower(state, keys["train"]).compile()
+  compile_s = time.perf_counter() - t
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -80,7 +80,16 @@ def bench_lm(scheme: str, args, rate: float) -> dict:
   for _ in range(args.steps):
     state, _ = compiled(state, keys["train"])
   jax.block_until_ready(state)
-  step_s = (time.perf_counter() - t) / args.steps
+  return {"compile_s": compile_s, "step_s": (time.perf_counter() - t) / args.steps,
+          "flops": flops, "state": state, "keys": keys}
+
+
+def bench_lm(scheme: str, args, rate: float) -> dict:
+  """Training-step speed and MFU of ``configs/lm/<scheme>.py``'s default preset."""
+  c = importlib.import_module(f"configs.lm.{scheme}").get_config(args.preset)
+  s = train.setup(c)
+  r = time_training(s, args)
+  step_s, flops = r["step_s"], r["flops"]
   return {"scheme": scheme, "step_ms": 1e3 * step_s,
           "tokens_per_s": c.train.batch_size * s.train_padded / step_s,
           "step_gflop": flops / 1e9, "mfu": (flops / step_s) / rate if flops else None}
@@ -95,25 +104,8 @@ def bench_scheme(scheme: str, args, rate: float) -> dict:
     if "max_len" in c.encoding:  # learned tables: give them rows for the evaluated lengths
       c.encoding.max_len = max(c.encoding.max_len, 2 * args.eval_max + 8)
   s = train.setup(c)
-  keys = train.root_keys(0)
-  state = train.init_state(s, keys["init"])
-  step = jax.jit(train.make_train_step(s), donate_argnums=0)
-
-  t = time.perf_counter()
-  compiled = step.lower(state, keys["train"]).compile()
-  compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
-
-  for _ in range(args.warmup):
-    state, m = compiled(state, keys["train"])
-  jax.block_until_ready(state)
-  t = time.perf_counter()
-  for _ in range(args.steps):
-    state, m = compiled(state, keys["train"])
-  jax.block_until_ready(state)
-  step_s = (time.perf_counter() - t) / args.steps
+  r = time_training(s, args)
+  compile_s, step_s, flops, state, keys = (r[k] for k in ("compile_s", "step_s", "flops", "state", "keys"))
   tokens = c.train.batch_size * s.train_padded
 
   n0 = len(_COMPILES)
@@ -159,8 +151,8 @@ def bench_seeds(args, num_seeds: int = 8) -> dict:
           "vmapped_s_per_step": times["vmapped"], "speedup": times["sequential"] / times["vmapped"]}
 
 
-def markdown(rows: list[dict], base: dict | None) -> str:
-  head = ("| scheme | mode | compile s | step ms | × sinusoidal | tokens/s | eval 41–500 s | "
+def markdown(rows: list[dict], base: dict | None, eval_range: str = "41–500") -> str:
+  head = (f"| scheme | mode | compile s | step ms | × sinusoidal | tokens/s | eval {eval_range} s | "
           "eval × sin. | eval programs | peak MB | MFU |")
   lines = [head, "|---" * 11 + "|"]
   for r in rows:
@@ -207,7 +199,7 @@ def main() -> None:
     rows.append(row)
     print(json.dumps(row), flush=True)
   base = next((r for r in rows if r["scheme"] == "sinusoidal" and "error" not in r), None)
-  table = markdown(rows, base)
+  table = markdown(rows, base, f"{args.eval_min}–{args.eval_max}")
   print(table)
 
   lm_rows = []
