@@ -73,6 +73,8 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
   c.eval.samples_per_length = 512
   c.eval.batch_size = 128
   c.eval.num_buckets = 8
+  # Decoders: also decode each answer greedily (key/value cache) and report exact match.
+  c.eval.greedy = False
 
   # Warm start: copy parameters (by path, shapes must match) from another run's checkpoint,
   # e.g. FLOATER from a sinusoidal run, or a hierarchical table from a learned run.

@@ -6,6 +6,15 @@ at fixed points; the model never looks at the scheme's name. Without a
 kernels on accelerators); with one, logits are built explicitly and the
 scheme's additive term is added in float32.
 
+Incremental decoding (greedy answers in ``posenc.decoding``): ``decode="prefill"``
+runs the full forward pass and also stores every layer's keys and values (after the
+scheme's ``project``) in the ``"kv"`` collection; ``decode="step"`` then reads one
+token at a traced ``index`` and attends to the stored keys, writing its own in
+place. Hooks see the new token's positions for the query and the whole buffer's
+positions for the keys, so every scheme whose hooks are functions of positions
+(all but the sequence-reading ``conv`` and the GRU form of ``recurrent``, whose
+``Encoding.incremental()`` is False) decodes with the cache.
+
 Shapes: ``B`` batch, ``L`` sequence, ``D`` width, ``H`` heads, ``Dh`` head width.
 """
 
@@ -49,28 +58,43 @@ class Transformer(nn.Module):
   # ([B, H, L, L]) into the "intermediates" collection as ``attention_<layer>``.
   capture_attention: bool = False
 
-  def _attention(self, x, pos, mask, layer, train):
+  def _attention(self, x, pos, mask, layer, train, *, decode=None, index=None, k_pos=None):
+    """``pos`` are the positions of the rows of ``x``; ``k_pos`` those of the keys (step mode)."""
     cfg, enc = self.cfg, self.encoding
     heads, dh = cfg.num_heads, cfg.d_model // cfg.num_heads
     dense = lambda n: nn.DenseGeneral((heads, dh), use_bias=enc.QKV_BIAS, dtype=self._dtype,
                                       name=f"layer{layer}_{n}")
     q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = dense("query")(x), dense("key")(x), dense("value")(x)
+    if k_pos is None:
+      k_pos = pos
     if hasattr(enc, "project"):
+      extra = {"context": k_pos} if enc.PROJECT_CONTEXT else {}
       q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = enc.project(
-          q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, pos, pos, layer)
+          q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, pos, pos, layer, **extra)
+    if decode is not None:
+      cached_k = self.variable("kv", f"layer{layer}_cached_key", jnp.zeros, k_BxLxHxDh.shape, k_BxLxHxDh.dtype)
+      cached_v = self.variable("kv", f"layer{layer}_cached_value", jnp.zeros, v_BxLxHxDh.shape, v_BxLxHxDh.dtype)
+      if decode == "prefill":
+        cached_k.value, cached_v.value = k_BxLxHxDh, v_BxLxHxDh
+      else:  # the new token's key and value go to its slot; it attends to the whole buffer
+        put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), index, axis=1)
+        cached_k.value = put(cached_k.value, k_BxLxHxDh)
+        cached_v.value = put(cached_v.value, v_BxLxHxDh)
+        k_BxLxHxDh, v_BxLxHxDh = cached_k.value, cached_v.value
     scale = enc.CONTENT_SCALE / math.sqrt(dh)
     if hasattr(enc, "logits") or hasattr(enc, "values") or self.capture_attention:
       s_BxHxLxL = jnp.einsum("bqhd,bkhd->bhqk", q_BxLxHxDh, k_BxLxHxDh,
                              preferred_element_type=jnp.float32) * scale
       if hasattr(enc, "logits"):
-        s_BxHxLxL = s_BxHxLxL + enc.logits(q_BxLxHxDh, k_BxLxHxDh, pos, pos, layer)
+        extra = {"mask": mask} if enc.LOGITS_MASK else {}
+        s_BxHxLxL = s_BxHxLxL + enc.logits(q_BxLxHxDh, k_BxLxHxDh, pos, k_pos, layer, **extra)
       s_BxHxLxL = jnp.where(mask, s_BxHxLxL, _NEG)
       w_BxHxLxL = jax.nn.softmax(s_BxHxLxL, axis=-1)
       if self.capture_attention:
         self.sow("intermediates", f"attention_{layer}", w_BxHxLxL)
       o_BxLxHxDh = jnp.einsum("bhqk,bkhd->bqhd", w_BxHxLxL.astype(v_BxLxHxDh.dtype), v_BxLxHxDh)
       if hasattr(enc, "values"):
-        o_BxLxHxDh = o_BxLxHxDh + enc.values(w_BxHxLxL, pos, pos, layer).astype(o_BxLxHxDh.dtype)
+        o_BxLxHxDh = o_BxLxHxDh + enc.values(w_BxHxLxL, pos, k_pos, layer).astype(o_BxLxHxDh.dtype)
     else:
       o_BxLxHxDh = jax.nn.dot_product_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh,
                                                 mask=mask, scale=scale)
@@ -89,8 +113,27 @@ class Transformer(nn.Module):
     return jnp.dtype(self.cfg.dtype)
 
   @nn.compact
-  def __call__(self, tokens, positions, valid, *, train: bool = False):
+  def __call__(self, tokens, positions, valid, *, train: bool = False, decode: str | None = None,
+               index=None):
+    """Logits of every row of ``tokens``.
+
+    ``decode``: None (a plain forward pass); ``"prefill"`` (the same, also filling the
+    ``"kv"`` collection, which must be mutable); ``"step"``: ``tokens`` is ``[B, 1]``, the
+    token at buffer slot ``index`` (int32, may be traced), while ``positions`` and ``valid``
+    describe the whole buffer ``[B|1, P]``; returns ``[B, 1, V_out]``.
+    """
     cfg, enc = self.cfg, self.encoding
+    if decode not in (None, "prefill", "step"):
+      raise ValueError(f"decode must be None, 'prefill' or 'step', got {decode!r}")
+    if decode is not None and (train or not cfg.causal):
+      raise ValueError("incremental decoding needs a causal model in evaluation (train=False)")
+    if decode is not None and not enc.incremental():
+      raise ValueError(f"{type(enc).__module__}: this scheme reads the token sequence in its "
+                       "embedding and cannot decode incrementally")
+    k_pos = None
+    if decode == "step":
+      k_pos = positions
+      positions = jax.lax.dynamic_slice_in_dim(positions, index, 1, axis=1)
     embed = nn.Embed(cfg.vocab_size, cfg.d_model,
                      embedding_init=nn.initializers.normal(cfg.d_model ** -0.5), name="embed")
     if hasattr(enc, "token_embed"):  # the scheme owns the token embedding (complex order)
@@ -105,19 +148,23 @@ class Transformer(nn.Module):
 
     length = tokens.shape[1]
     mask = valid[:, None, None, :]  # keys that exist
-    if cfg.causal:
+    if decode == "step":  # the keys up to and including the new token
+      mask = mask & (jnp.arange(valid.shape[1]) <= index)[None, None, None, :]
+    elif cfg.causal:
       mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
+    attend = lambda h, layer: self._attention(h, positions, mask, layer, train, decode=decode,
+                                              index=index, k_pos=k_pos)
     drop = lambda h: nn.Dropout(cfg.dropout)(h, deterministic=not train)
     for layer in range(cfg.num_layers):
       if hasattr(enc, "layer_input"):
         x_BxLxD = enc.layer_input(x_BxLxD, positions, layer)
       if cfg.pre_ln:
         h = nn.LayerNorm(name=f"layer{layer}_ln1")(x_BxLxD)
-        x_BxLxD = x_BxLxD + drop(self._attention(h, positions, mask, layer, train))
+        x_BxLxD = x_BxLxD + drop(attend(h, layer))
         h = nn.LayerNorm(name=f"layer{layer}_ln2")(x_BxLxD)
         x_BxLxD = x_BxLxD + drop(self._ffn(h, layer, train))
       else:
-        h = x_BxLxD + drop(self._attention(x_BxLxD, positions, mask, layer, train))
+        h = x_BxLxD + drop(attend(x_BxLxD, layer))
         x_BxLxD = nn.LayerNorm(name=f"layer{layer}_ln1")(h)
         h = x_BxLxD + drop(self._ffn(x_BxLxD, layer, train))
         x_BxLxD = nn.LayerNorm(name=f"layer{layer}_ln2")(h)

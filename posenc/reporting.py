@@ -128,18 +128,27 @@ class Progress:
 
 
 def plot_accuracy(path: str, per_length: dict, train_range: tuple[int, int], title: str,
-                  ylabel: str = "accuracy") -> None:
-  """Accuracy (or another metric) against length, the training range shaded."""
+                  ylabel: str = "accuracy", extra: dict | None = None) -> None:
+  """Accuracy (or another metric) against length, the training range shaded.
+
+  ``extra`` maps a label to another per-length curve drawn on the same axes (greedy
+  exact match next to teacher-forced accuracy); the main curve is then labelled too.
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  lengths = sorted(int(k) for k in per_length)
-  values = [per_length[str(l)] if str(l) in per_length else per_length[l] for l in lengths]
+  def curve(d):
+    lengths = sorted(int(k) for k in d)
+    return lengths, [d[str(l)] if str(l) in d else d[l] for l in lengths]
+
   fig, ax = plt.subplots(figsize=(7, 4))
   ax.axvspan(train_range[0] - 0.5, train_range[1] + 0.5, color="tab:green", alpha=0.12,
              label=f"training lengths {train_range[0]}–{train_range[1]}")
-  ax.plot(lengths, values, marker=".", lw=1)
+  ax.plot(*curve(per_length), marker=".", lw=1,
+          label="teacher-forced accuracy" if extra else None)
+  for label, d in (extra or {}).items():
+    ax.plot(*curve(d), marker=".", lw=1, label=label)
   ax.set_xlabel("input length")
   ax.set_ylabel(ylabel)
   ax.set_ylim(0, 1.02)

@@ -29,6 +29,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from posenc import data as data_lib
+from posenc import decoding
 from posenc import encodings, parallel, positions as positions_lib, reporting, tasks
 from posenc.encodings.base import Dims
 from posenc.errors import ConfigError
@@ -164,6 +165,13 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                       f"{config.eval.min_length} exceeds eval.max_length={config.eval.max_length}; "
                       "lower it or raise config.eval.max_length")
   encodings.check_mode(cls, config.encoding.name, bool(m.causal))
+  if config.eval.greedy and not m.causal:
+    raise ConfigError("config.eval.greedy", "greedy decoding needs a decoder: set "
+                      "--config.model.causal=True (an encoder predicts every answer token at once, "
+                      "so its accuracy needs no decoding)")
+  if config.eval.greedy and (hasattr(task, "evaluate") or hasattr(task, "layout")):
+    raise ConfigError("config.eval.greedy", f"the {t.name} task has its own evaluation protocol "
+                      "and no prompt/answer split to decode; set --config.eval.greedy=False")
   positions_lib.validate(config.positions)
 
   train_lengths = tuple(range(t.train_min_length, t.train_max_length + 1))
@@ -459,17 +467,21 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: dict) -> tuple[d
 
 
 def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | None = print,
-             num_seeds: int = 1) -> dict | list[dict]:
+             num_seeds: int = 1, greedy: bool = False):
   """Scores every length in ``[eval.min_length, eval.max_length]``; one program per bucket.
 
-  With ``num_seeds > 1``, ``params`` and ``key`` carry a leading seed axis, the seeds are
-  vmapped inside each program, and a list of per-seed dicts is returned.
+  Returns ``{length: teacher-forced accuracy}``. With ``num_seeds > 1``, ``params`` and
+  ``key`` carry a leading seed axis, the seeds are vmapped inside each program, and a list
+  of per-seed dicts is returned. With ``greedy`` (a decoder), each program also decodes the
+  answers greedily with a key/value cache (``posenc.decoding``) and the return value is
+  ``(accuracy, exact_match, greedy_token_accuracy)``, each as above.
   """
   e = s.config.eval
   mesh = parallel.data_mesh()
   cache = eval_cache(s, params, num_seeds)
   batch_size = min(e.batch_size, e.samples_per_length)
   chunks = math.ceil(e.samples_per_length / batch_size)
+  output_offset = data_lib.NUM_SPECIAL + s.task.input_vocab_size
   sums: dict[int, list] = {}
   t0 = time.perf_counter()
   for lengths, padded in s.eval_buckets:
@@ -483,10 +495,17 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
       batch = batch_fn(jax.random.fold_in(jax.random.fold_in(key, length), chunk), index)
       if batch_size % mesh.size == 0:
         batch = parallel.shard_batch(batch, mesh, batch_size)
-      logits = model.apply({"params": params, **cache}, batch["tokens"], batch["positions"],
-                           batch["valid"], train=False)
+      variables = {"params": params, **cache}
+      logits = model.apply(variables, batch["tokens"], batch["positions"], batch["valid"],
+                           train=False)
       seq, has = data_lib.sequence_scores(logits, batch)
-      return jnp.stack([jnp.sum(jnp.where(has, seq, 0.0)), jnp.sum(has)])
+      out = [jnp.sum(jnp.where(has, seq, 0.0)), jnp.sum(has)]
+      if greedy:
+        preds = decoding.greedy(model, variables, batch, output_offset=output_offset,
+                                answer_length=s.task.output_length(length))
+        exact, frac, _ = decoding.scores(preds, batch)
+        out += [jnp.sum(exact), jnp.sum(jnp.where(has, frac, 0.0))]
+      return jnp.stack(out)
 
     score = jax.jit(jax.vmap(score_one, in_axes=(0, 0, 0, None, None)) if num_seeds > 1 else score_one,
                     out_shardings=parallel.replicated(mesh) if mesh.size > 1 else None)
@@ -496,12 +515,16 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
     if log:
       log(f"eval: lengths {lengths[0]}–{lengths[-1]} (padded to {padded}) "
           f"dispatched, {time.perf_counter() - t0:.1f}s")
-  per_seed = [{} for _ in range(num_seeds)]
+  metrics = 3 if greedy else 1
+  per_seed = [[{} for _ in range(num_seeds)] for _ in range(metrics)]
   for length, parts in sums.items():
-    total = np.sum(np.stack(jax.device_get(parts)), axis=0).reshape(num_seeds, 2)
+    total = np.sum(np.stack(jax.device_get(parts)), axis=0).reshape(num_seeds, -1)
     for k in range(num_seeds):
-      per_seed[k][length] = float(total[k, 0] / total[k, 1]) if total[k, 1] > 0 else float("nan")
-  return per_seed if num_seeds > 1 else per_seed[0]
+      for m, column in enumerate((0, 2, 3)[:metrics]):
+        per_seed[m][k][length] = (float(total[k, column] / total[k, 1]) if total[k, 1] > 0
+                                  else float("nan"))
+  out = [p if num_seeds > 1 else p[0] for p in per_seed]
+  return tuple(out) if greedy else out[0]
 
 
 def eval_cache(s: Setup, params, num_seeds: int = 1) -> dict:
@@ -674,7 +697,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
       extra = dict(s.task.evaluate(s, state["params"], keys["eval"], log=log))
       per_length = extra.pop("per_length")
     else:
-      per_length = evaluate(s, state["params"], keys["eval"], log=log, num_seeds=S)
+      greedy = None
+      if config.eval.greedy:
+        per_length, *greedy = evaluate(s, state["params"], keys["eval"], log=log, num_seeds=S,
+                                       greedy=True)
+        greedy = [g if S > 1 else [g] for g in greedy]  # [metric][seed] -> per-length dict
+      else:
+        per_length = evaluate(s, state["params"], keys["eval"], log=log, num_seeds=S)
   except Exception as e:  # noqa: BLE001 — a scheme failing at a longer length (e.g. its solver)
     msg = runtime_error_message(e)
     if msg is None:
@@ -688,7 +717,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
     summary = {k: extra.pop(k) for k in ("in_range_score", "out_of_range_score")}
   per_seed = per_length if S > 1 else [per_length]
 
-  def results_of(per_length, summary, seed):
+  def greedy_of(k):  # seed k's greedy-decoding metrics, or the seeds' mean (k=None)
+    if not config.eval.greedy or hasattr(s.task, "evaluate"):
+      return {}
+    pick = lambda m: greedy[m][k] if k is not None else {
+        l: float(np.nanmean([g[l] for g in greedy[m]])) for l in greedy[m][0]}
+    exact, tokens = pick(0), pick(1)
+    ranges = summarize(s, exact)
+    return {"greedy": {
+        "per_length_exact_match": {str(l): v for l, v in sorted(exact.items())},
+        "per_length_token_accuracy": {str(l): v for l, v in sorted(tokens.items())},
+        "in_range_exact_match": ranges["in_range_score"],
+        "out_of_range_exact_match": ranges["out_of_range_score"]}}
+
+  def results_of(per_length, summary, seed, k=None):
     return {
         "scheme": config.encoding.name, "task": config.task.name, "preset": config.preset,
         "seed": seed, "config_hash": s.config_hash, "steps": total,
@@ -698,14 +740,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
         **summary, "score": summary["out_of_range_score"],
         "eval_programs": len(s.eval_buckets), "num_params": n_params // S,
         "timing": {"compile_s": compile_s, "train_s": train_s, "eval_s": eval_s},
-        "mode": "decoder" if s.causal else "encoder", **extra,
+        "mode": "decoder" if s.causal else "encoder", **extra, **greedy_of(k),
     }
 
   title = f"{config.encoding.name} on {config.task.name}"
   seed_results = []
   for k, pl in enumerate(per_seed):
     seed_results.append(results_of(pl, summary if hasattr(s.task, "evaluate") else summarize(s, pl),
-                                   config.seed + k))
+                                   config.seed + k, k))
   if S == 1:
     results = seed_results[0]
   else:  # one results.json per seed under seeds/, and their aggregate at the top
@@ -719,24 +761,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
       if vals:
         results[key + "_max"] = float(np.max(vals))
         results[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+  def greedy_curve(r):
+    return {"greedy exact match": r["greedy"]["per_length_exact_match"]} if "greedy" in r else None
+
   if writer_process:
     for r in seed_results if S > 1 else []:
       sub = os.path.join(wd, "seeds", f"seed{r['seed']}")
       os.makedirs(sub, exist_ok=True)
       reporting.atomic_write_json(os.path.join(sub, "results.json"), r)
       reporting.plot_accuracy(os.path.join(sub, "plots", "accuracy.png"), r["per_length"],
-                              tuple(r["train_range"]), f"{title} (seed {r['seed']})")
+                              tuple(r["train_range"]), f"{title} (seed {r['seed']})",
+                              extra=greedy_curve(r))
     reporting.atomic_write_json(results_path, results)
     if hasattr(s.task, "plot"):
       s.task.plot(results, os.path.join(wd, "plots"), title)
     else:
       reporting.plot_accuracy(os.path.join(wd, "plots", "accuracy.png"), results["per_length"],
                               tuple(results["train_range"]),
-                              title + (f" (mean of {S} seeds)" if S > 1 else ""))
+                              title + (f" (mean of {S} seeds)" if S > 1 else ""),
+                              extra=greedy_curve(results))
     reporting.plot_training(os.path.join(wd, "plots", "training.png"), reporting.read_metrics(wd))
     reporting.atomic_write_text(done_path, f"{s.config_hash}\n")
   fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
   what = "score (bits per byte)" if hasattr(s.task, "evaluate") else "accuracy"
+  if "greedy" in results:
+    g = results["greedy"]
+    log(f"greedy decoding: in-range exact match {fmt(g['in_range_exact_match'])}, beyond "
+        f"training {fmt(g['out_of_range_exact_match'])}")
   log(f"done: in-range {what} {fmt(results['in_range_score'])}, beyond training "
       f"{fmt(results['out_of_range_score'])}" + (f" (mean of {S} seeds)" if S > 1 else "")
       + f"; results in {results_path}")

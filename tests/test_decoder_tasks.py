@@ -19,9 +19,9 @@ from posenc import tasks
 BATCH = 64
 MAX = 41
 LENGTHS = (1, 2, 3, 4, 5, 20, 21, 40, 41)
-NAMES = ("addition", "copy", "sorting", "summation_mod_10")
+NAMES = ("addition", "copy", "sorting", "sorting_multi_digit", "summation_mod_10")
 VOCABS = {"copy": (100, 100), "addition": (11, 11), "summation_mod_10": (10, 10),
-          "sorting": (50, 50)}
+          "sorting": (50, 50), "sorting_multi_digit": (11, 11)}
 
 
 def solve_copy(x, length):
@@ -32,6 +32,41 @@ def solve_copy(x, length):
 def solve_sorting(x, length):
   assert all(0 <= t < 50 for t in x)
   return sorted(x), [True] * length
+
+
+def parse_numbers(x):
+  """The numbers of a multi-digit sorting sequence: digit groups split at the separator 10."""
+  assert all(0 <= t <= 10 for t in x)
+  groups, group = [], []
+  for t in x + [10]:
+    if t == 10:
+      groups.append(group)
+      group = []
+    else:
+      group.append(t)
+  for g in groups:
+    assert 2 <= len(g) <= 4, f"a number of 10..9999 has 2 to 4 digits, not {g}"
+    assert g[0] != 0, "no leading zeros"
+  values = [int("".join(map(str, g))) for g in groups]
+  assert all(10 <= v <= 9999 for v in values)
+  return values
+
+
+def render_numbers(values):
+  out = []
+  for v in values:
+    out += [int(c) for c in str(v)] + [10]
+  return out[:-1]
+
+
+def solve_sorting_multi_digit(x, length):
+  if length < 2:
+    assert x == [0] * length
+    return [0] * length, [False] * length  # masked out: the target is not checked
+  assert len(x) == length
+  answer = render_numbers(sorted(parse_numbers(x)))
+  assert len(answer) == length
+  return answer, [True] * length
 
 
 def solve_summation_mod_10(x, length):
@@ -126,3 +161,71 @@ def test_decoder_layout_teacher_forces_the_answer():
   assert toks[4:6].tolist() == (x[:2] + offset).tolist()
   assert np.asarray(lay["targets"][0, 3:6]).tolist() == x.tolist()
   assert np.asarray(lay["loss_mask"][0]).tolist() == [False] * 3 + [True] * 3 + [False] * 6
+
+
+def test_sorting_multi_digit_examples_and_edge_lengths():
+  # 537 19 2024 -> 19 537 2024 (the solver itself, hand-checked).
+  assert solve_sorting_multi_digit([5, 3, 7, 10, 1, 9, 10, 2, 0, 2, 4], 11)[0] == [
+      1, 9, 10, 5, 3, 7, 10, 2, 0, 2, 4]
+  assert parse_numbers([9, 9, 10, 1, 0, 0, 0]) == [99, 1000]
+  for bad in ([1, 2, 10, 10, 3, 4], [1, 10, 2, 3], [0, 5, 10, 1, 2], [1, 2, 3, 4, 5]):
+    with pytest.raises(AssertionError):
+      parse_numbers(bad)
+  task = tasks.get("sorting_multi_digit")
+  pad_max, batch = 40, 128
+  padded = jax.jit(task.sample_padded, static_argnums=(1, 3))
+  static_sample = jax.jit(task.sample, static_argnums=(1, 2))  # max_length = length
+  # The widths that fill a short length; (2, 4) at l = 7 is rare (90 / 9990), not required.
+  forced = {2: {(2,)}, 3: {(3,)}, 4: {(4,)}, 5: {(2, 2)}, 6: {(2, 3), (3, 2)},
+            7: {(3, 3), (4, 2)}}
+  allowed = {**forced, 7: {(2, 4), (3, 3), (4, 2)}}
+  for length in (1, 2, 3, 4, 5, 6, 7, 11, 12, 40):
+    static = static_sample(jax.random.key(length), batch, length)
+    traced = padded(jax.random.key(200 + length), batch, jnp.int32(length), pad_max)
+    for out, width in ((static, length), (traced, pad_max)):
+      out = {k: np.asarray(v) for k, v in out.items()}
+      assert out["input"].shape == out["target"].shape == out["target_mask"].shape == (
+          batch, width)
+      # Zero padding past the length; the mask covers exactly the answer (nothing for l < 2).
+      assert not out["input"][:, length:].any() and not out["target"][:, length:].any()
+      assert not out["target_mask"][:, length:].any()
+      assert (out["target_mask"][:, :length] == (length >= 2)).all()
+      widths = set()
+      for b in range(batch):
+        x = out["input"][b, :length].tolist()
+        want, want_mask = solve_sorting_multi_digit(x, length)
+        assert out["target_mask"][b, :length].tolist() == want_mask
+        assert out["target"][b, :length].tolist() == want, (length, x)
+        if length >= 2:
+          widths.add(tuple(len(str(v)) for v in parse_numbers(x)))
+      if length in forced:
+        assert forced[length] <= widths <= allowed[length], (length, widths)
+  assert padded._cache_size() == 1
+  # Deterministic per key, different across keys.
+  a = static_sample(jax.random.key(3), batch, 40)
+  b = static_sample(jax.random.key(3), batch, 40)
+  c = static_sample(jax.random.key(4), batch, 40)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(a["input"], c["input"])
+
+
+def test_sorting_multi_digit_distribution():
+  # Unconstrained, a number is uniform on 10..9999 (the official randint(10, 10000)): 90%
+  # have 4 digits, and a number of w digits is uniform on 10**(w-1)..10**w - 1.
+  task = tasks.get("sorting_multi_digit")
+  x = np.asarray(task.sample(jax.random.key(0), 128, 400)["input"])
+  values = np.array([v for row in x.tolist() for v in parse_numbers(row)])
+  assert len(values) > 9000
+  frac = {w: np.mean((values >= 10 ** (w - 1)) & (values < 10 ** w)) for w in (2, 3, 4)}
+  assert 0.87 < frac[4] < 0.93 and 0.07 < frac[3] < 0.12 and 0.002 < frac[2] < 0.02, frac
+  four = values[values >= 1000]
+  assert abs(four.mean() - 5499.5) < 100, four.mean()
+  three = values[(values >= 100) & (values < 1000)]
+  assert abs(three.mean() - 549.5) < 40, three.mean()
+  assert abs(values.mean() - 5004.5) < 150, values.mean()
+  # Renormalised over the widths that still fill the length: at l = 6 (widths 2+3 or
+  # 3+2) the first number has 3 digits with probability 900 / (90 + 900).
+  x6 = np.asarray(task.sample(jax.random.key(1), 4096, 6)["input"])
+  first3 = np.mean(x6[:, 3] == 10)
+  assert abs(first3 - 900 / 990) < 0.02, first3

@@ -11,8 +11,8 @@ hook                                                called / returns
 ``token_embed(tokens, positions)``                  replaces the token embedding -> ``x``
 ``embed(x, positions)``                             once, on the token embeddings -> new ``x``
 ``layer_input(x, positions, layer)``                before each block -> new ``x``
-``project(q, k, v, q_pos, k_pos, layer)``           after the q/k/v projections -> ``q, k, v``
-``logits(q, k, q_pos, k_pos, layer)``               inside attention -> additive ``[B|1,H,Lq,Lk]``
+``project(q, k, v, q_pos, k_pos, layer[, context])``  after the q/k/v projections -> ``q, k, v``
+``logits(q, k, q_pos, k_pos, layer[, mask])``       inside attention -> additive ``[B|1,H,Lq,Lk]``
 ``values(weights, q_pos, k_pos, layer)``            after softmax -> additive ``[B,Lq,H,Dh]``
 =================================================  =========================================
 
@@ -31,6 +31,16 @@ Class attributes a scheme may set:
   alone (FLOATER's solved table). Evaluation computes them once, for its longest length,
   and passes them to every program in the ``"cache"`` collection; ``setup`` then uses
   ``self.get_variable("cache", name)`` instead of recomputing.
+* ``PROJECT_CONTEXT``: ``project`` is also given ``context=``, the positions of the whole
+  sequence ``[B|1, L]`` (xPos centres its scaling on them, the same in every decoding step).
+* ``LOGITS_MASK``: ``logits`` is also given ``mask=``, the boolean attention mask
+  ``[B|1, 1, Lq, Lk]`` (which keys each query sees; CoPE counts only those).
+
+In incremental decoding (``Transformer(decode="step")``) the query side is one token
+(``Lq = 1``, ``q_pos`` its position) and the key side is the whole cached buffer
+(``k_pos`` all its positions, keys past the new token masked), so hooks must treat
+``q_pos`` and ``k_pos`` as independent arrays. ``incremental()`` says whether that is
+possible at all: False for schemes whose ``embed`` reads the token sequence.
 
 Parameters are created in ``setup`` (per-layer tables as lists indexed by
 ``layer``; shared ones once), so layer sharing is the scheme's own business.
@@ -90,6 +100,13 @@ class Encoding(nn.Module):
   QKV_BIAS: ClassVar[bool] = True
   CONTENT_SCALE: ClassVar[float] = 1.0
   EVAL_CACHE: ClassVar[tuple[str, ...]] = ()
+  LOGITS_MASK: ClassVar[bool] = False
+  PROJECT_CONTEXT: ClassVar[bool] = False
+  INCREMENTAL: ClassVar[bool] = True
+
+  def incremental(self) -> bool:
+    """Whether a token's output depends on earlier tokens only through attention."""
+    return self.INCREMENTAL
 
   def check(self, max_position: int) -> None:
     """Raises ConfigError if positions up to ``max_position - 1`` cannot be encoded."""

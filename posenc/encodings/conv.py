@@ -61,6 +61,8 @@ def conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, groups: int,
 class Encoding(_Base):
   """Adds ``GELU(Conv1d(x))`` (grouped, ``kernel_size`` wide) to the token embeddings."""
 
+  INCREMENTAL = False  # the convolution reads neighbouring tokens' embeddings
+
   kernel_size: int = 15
   groups: int = 16
 

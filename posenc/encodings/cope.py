@@ -58,6 +58,8 @@ class Encoding(_Base):
   MODE_REASON = ("its positions are cumulative gate sums over the keys up to the query, "
                  "which need a causal mask")
 
+  LOGITS_MASK = True
+
   npos_max: int = 64  # table rows; positions are clamped to npos_max − 1
 
   def check(self, max_position):
@@ -70,13 +72,14 @@ class Encoding(_Base):
                               (self.dims.head_dim, self.npos_max), jnp.float32)
                    for l in range(self.dims.num_layers)]
 
-  def logits(self, q, k, q_pos, k_pos, layer):
+  def logits(self, q, k, q_pos, k_pos, layer, mask=None):
     del q_pos, k_pos
-    lq, lk = q.shape[1], k.shape[1]
+    if mask is None:  # aligned queries and keys (the model always passes its mask)
+      mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
     scale = self.CONTENT_SCALE / jnp.sqrt(jnp.float32(self.dims.head_dim))
     content = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-    causal = jnp.tril(jnp.ones((lq, lk), bool))
-    gates = jnp.where(causal, jax.nn.sigmoid(content), 0.0)
+    # Gates count the keys the query sees: up to itself (causal), real tokens only.
+    gates = jnp.where(mask, jax.nn.sigmoid(content), 0.0)
     pos = jnp.minimum(positions(gates), self.npos_max - 1)
     logits_int = jnp.einsum("bqhd,dp->bhqp", q.astype(jnp.float32), self.tables[layer])
     return interpolate(logits_int, pos)

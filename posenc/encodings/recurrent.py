@@ -147,6 +147,9 @@ class Encoding(_Base):
     if self.form == "iterate" and self.hidden < 1:
       raise ConfigError("config.encoding.hidden", f"must be >= 1, got {self.hidden}")
 
+  def incremental(self):
+    return self.form == "iterate"  # the GRU scans the token sequence
+
   def embed(self, x, positions):
     if self.form == "iterate":
       rows = jnp.take(self.table, positions, axis=0, mode="clip")

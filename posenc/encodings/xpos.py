@@ -74,6 +74,8 @@ class Encoding(_Base):
   MODE_REASON = ("its key decay ζ^(−n/γ) makes attention to keys after the query grow without "
                  "bound, so it needs a causal mask")
 
+  PROJECT_CONTEXT = True  # the centre comes from the whole sequence, also in decoding steps
+
   scale_base: float = 512.0  # γ
   base: float = 10000.0
 
@@ -83,10 +85,14 @@ class Encoding(_Base):
     if self.base <= 1:
       raise ConfigError("config.encoding.base", f"must be > 1, got {self.base}")
 
-  def project(self, q, k, v, q_pos, k_pos, layer):
+  def project(self, q, k, v, q_pos, k_pos, layer, context=None):
     del layer
-    # One centre per sequence for queries and keys (it cancels in every logit).
-    c = center(q_pos) if k_pos is q_pos else center(q_pos, k_pos)  # [B|1, 1]
+    # One centre per sequence for queries and keys (it cancels in every logit): from the
+    # whole sequence's positions, so that keys cached in incremental decoding stay valid.
+    if context is not None:
+      c = center(context)
+    else:
+      c = center(q_pos) if k_pos is q_pos else center(q_pos, k_pos)  # [B|1, 1]
     # Model layout [B, L, H, Dh]: positions [B|1, L] -> [B|1, L, 1] broadcast over heads.
     qt = apply(q, q_pos[:, :, None], downscale=False, gamma=self.scale_base, base=self.base,
                centre=c[:, :, None])

@@ -1,5 +1,6 @@
 """Decoder tasks of Kazemnejad et al. (NeurIPS 2023), "The Impact of Positional Encoding
-on Length Generalization in Transformers": copy, addition, summation mod 10, sorting.
+on Length Generalization in Transformers": copy, addition, summation mod 10, sorting
+(single-token and multi-digit).
 
 In decoder form (``--config.model.causal=True``) a sample is read as ``prompt SEP
 answer`` and the answer is teacher-forced (``posenc.data.layout``); the tasks also
@@ -11,10 +12,12 @@ natural-language wrappers of its T5 prompts ("Copy: …", "Compute … ?", "The 
 … .") left out: tokens here are the task's symbols only. The official length of an
 instance is its number of items (tokens to copy or sort, digits to sum); here, as for
 every task of posenc, ``length`` is the number of input tokens, which is the same
-thing for copy, summation and sorting. For addition the official categories are the
-two operands' digit counts ("a-by-b"); here the input ``a + b`` has ``length`` tokens
-in all (see :class:`Addition`). Training lengths 1–20 and test lengths to 40, as in
-the paper, are set in ``configs/decoder.py``.
+thing for copy, summation and single-token sorting. For addition the official
+categories are the two operands' digit counts ("a-by-b"); here the input ``a + b`` has
+``length`` tokens in all (see :class:`Addition`). For multi-digit sorting the official
+category is the count of numbers; here the numbers and their separators fill ``length``
+tokens (see :class:`SortingMultiDigit`). Training lengths 1–20 and test lengths to 40,
+as in the paper, are set in ``configs/decoder.py``.
 
 ``level`` is ``"decoder"`` (not a Chomsky-hierarchy level), so these tasks do not join
 the Chomsky-hierarchy sweeps by themselves.
@@ -81,7 +84,8 @@ class Sorting(Task):
   Tokens: input 0..49, uniform (the official draws ids from 50 single-token words
   and sorts them by id); output 0..49, the input in ascending order.
   ``output_length(l) = l``. Official source: ``make_sort_dataset.py --single_digit``.
-  (The official multi-digit variant, numbers 10..9999 as digit strings, is not here.)
+  (The official multi-digit variant, numbers 10..9999 as digit strings, is
+  :class:`SortingMultiDigit`.)
   """
 
   name = "sorting"
@@ -183,4 +187,92 @@ class Addition(Task):
             "target_mask": fits & (out <= size)}
 
 
-TASKS = (Copy, Addition, SummationMod10, Sorting)
+def _render_numbers(values: jax.Array, widths: jax.Array, sep: int, width: int) -> jax.Array:
+  """Numbers [B, K] of ``widths`` digits (0: no number) -> tokens [B, width].
+
+  Each number is written most significant digit first and followed by ``sep``; the
+  slots of a row are laid out in order, unused slots (width 0) take no tokens. Token
+  ``p`` belongs to the number whose span (digits and separator) covers it, found by a
+  search of the spans' cumulative ends. Tokens past the last number are arbitrary.
+  """
+  pow10 = jnp.array([1, 10, 100, 1000, 10000], jnp.int32)
+  parts = jnp.where(widths > 0, widths + 1, 0)
+  ends = jnp.cumsum(parts, axis=1)
+  starts = ends - parts
+  pos = padding.arange_row(width)
+  idx = jax.vmap(lambda e: jnp.searchsorted(e, pos[0], side="right"))(ends)   # [B, width]
+  offset = pos - padding.take(starts, idx)
+  w, v = padding.take(widths, idx), padding.take(values, idx)
+  digit = (v // pow10[jnp.clip(w - 1 - offset, 0, 4)]) % 10
+  return jnp.where(offset < w, digit, sep)
+
+
+class SortingMultiDigit(Task):
+  """Sort a sequence of decimal numbers 10..9999 (the official multi-digit variant).
+
+  Tokens: input 0..9 (digits), 10 (separator); output the same 11 symbols. The input is
+  numbers written at their natural width (2 to 4 digits, most significant first, no
+  leading zeros) with one separator between consecutive numbers, ``l`` tokens in all;
+  the target is the same numbers in ascending order in the same format (the same
+  widths, so ``output_length(l) = l``), all ``l`` tokens scored.
+  Example: ``5 3 7 10 1 9 10 2 0 2 4`` -> ``1 9 10 5 3 7 10 2 0 2 4``.
+  Widths: a number of width ``w`` takes ``w + 1`` tokens with its separator, so the
+  widths satisfy ``sum(w_i + 1) = l + 1`` with parts in {3, 4, 5}; every ``l >= 2`` is
+  reachable. They are drawn in order: each width among those that leave a fillable
+  remainder (0 or at least 3), with probability proportional to how many numbers of
+  10..9999 have it (90, 900, 9000) renormalised over those choices; the number is then
+  uniform among the numbers of its width. Unconstrained, a number is thus uniform on
+  10..9999, as the official ``np.random.randint(10, 10000, n)``; only the last few
+  numbers of a row (and every number at short lengths: ``l = 2, 3, 4`` is one number of
+  2, 3, 4 digits, ``l = 5`` two of 2) are steered to widths that fill ``l`` exactly.
+  For ``l < 2`` no number fits: the input is all 0s and the answer is masked out
+  (never scored or trained), as :class:`Addition` for ``l < 3``.
+  Differences from the official code, and why: its category is the count ``n`` of
+  numbers and its text is T5-tokenised (a number may take several sub-word tokens);
+  here ``l`` counts input tokens, as for every posenc task, with one token per digit,
+  so the count of numbers follows from the drawn widths (about ``(l + 1) / 4.9``).
+  Official source: ``make_sort_dataset.py`` (``generate_data_multi_digit``).
+  """
+
+  name = "sorting_multi_digit"
+  level = "decoder"
+  SEP = 10
+  MIN_WIDTH, MAX_WIDTH = 2, 4      # digits of 10..9999
+  input_vocab_size = 11
+  output_vocab_size = 11
+
+  def output_length(self, length):
+    return length
+
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    n = jnp.maximum(length, self.MIN_WIDTH)     # a stand-in of 2 tokens when length < 2
+    slots = max((max_length + 1) // (self.MIN_WIDTH + 1), 1)  # most numbers in max_length
+    choices = jnp.arange(self.MIN_WIDTH, self.MAX_WIDTH + 1, dtype=jnp.int32)   # 2, 3, 4
+    log_count = jnp.log(9.0 * 10.0 ** (choices - 1))                            # 90, 900, 9000
+    k_width, k_value = jax.random.split(rng)
+
+    def draw_width(left, key):  # left [B]: tokens still to fill plus one (0: row full)
+      rest = left[:, None] - (choices + 1)
+      fillable = (rest == 0) | (rest >= self.MIN_WIDTH + 1)
+      w = jax.random.categorical(key, jnp.where(fillable, log_count, -jnp.inf)) + self.MIN_WIDTH
+      w = jnp.where(left > 0, w, 0)
+      return left - jnp.where(w > 0, w + 1, 0), w
+
+    start = jnp.broadcast_to(jnp.asarray(n + 1, jnp.int32), (batch_size,))
+    _, widths = jax.lax.scan(draw_width, start, jax.random.split(k_width, slots))
+    widths = widths.T                                               # [B, slots], 0: unused
+    pow10 = jnp.array([1, 10, 100, 1000, 10000], jnp.int32)
+    drawn = jnp.maximum(widths, self.MIN_WIDTH)
+    values = jax.random.randint(k_value, widths.shape, pow10[drawn - 1], pow10[drawn])
+    ordered = jnp.sort(jnp.where(widths > 0, values, pow10[-1]), axis=1)  # unused sort last
+    ordered_widths = jnp.where(ordered < pow10[-1],
+                               1 + jnp.sum(ordered[..., None] >= pow10[1:4], axis=-1), 0)
+    x = padding.zero_past(_render_numbers(values, widths, self.SEP, max_length), n)
+    target = padding.zero_past(_render_numbers(ordered, ordered_widths, self.SEP, max_length), n)
+    fits = jnp.asarray(length >= self.MIN_WIDTH)
+    return {"input": jnp.where(fits, x, 0), "target": jnp.where(fits, target, 0),
+            "target_mask": jnp.broadcast_to(fits & padding.before(length, max_length),
+                                            (batch_size, max_length))}
+
+
+TASKS = (Copy, Addition, SummationMod10, Sorting, SortingMultiDigit)
