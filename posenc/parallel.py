@@ -1,4 +1,4 @@
-"""Scale: data parallelism over a ``('data',)`` mesh, seeds vmapped, multi-host start-up.
+"""Scale: data parallelism over a ``('data',)`` mesh, seeds in one program, multi-host start-up.
 
 * One process, many devices: the batch is sharded over all local devices along its batch
   axis; parameters and optimizer state are replicated; XLA's SPMD partitioner inserts the
@@ -6,8 +6,9 @@
 * Many hosts: :func:`maybe_initialize_distributed` calls ``jax.distributed.initialize()``
   when asked (flag) or when cluster variables say so; the same mesh then spans hosts and
   only process 0 writes metrics and results.
-* Many seeds: ``config.num_seeds = S`` vmaps whole training runs over seeds inside one
-  compiled program (see posenc.train).
+* Many seeds: ``config.num_seeds = S`` runs whole training runs over seeds inside one
+  compiled program, vmapped or as a ``lax.map`` loop (``config.seed_loop``; see
+  posenc.train.seed_loop).
 """
 
 from __future__ import annotations

@@ -102,6 +102,8 @@ CASES = {
     "warm start from nowhere": ("sinusoidal", {"init.from_workdir": "/nonexistent/run"},
                                 "config.init.from_workdir"),
     "unknown scheme option": ("learned", {"encoding.fallback": "wrap"}, "config.encoding.fallback"),
+    "unknown seed loop": ("sinusoidal", {"seed_loop": "parallel"}, "config.seed_loop"),
+    "greedy decoding in an encoder": ("sinusoidal", {"eval.greedy": True}, "config.eval.greedy"),
 }
 
 

@@ -21,7 +21,6 @@ import pytest
 
 from posenc import data as data_lib
 from posenc import decoding, encodings, positions as positions_lib, train
-from posenc.errors import ConfigError
 from tests import helpers
 
 DECODER_SCHEMES = [n for n in encodings.names() if "decoder" in encodings.get(n).MODES]
@@ -137,11 +136,13 @@ def test_greedy_exact_match_in_a_run(tmp_path):
   assert (tmp_path / "rope-run" / "plots" / "accuracy.png").exists()
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"model.causal": False}, "config.eval.greedy"),
-])
-def test_greedy_refused_for_an_encoder(tmp_path, overrides, field):
+def test_greedy_refused_for_language_modelling(tmp_path):
+  import importlib
+  from posenc.errors import ConfigError
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("def f(x):\n  return x + 1\n" * 400)
+  c = importlib.import_module("configs.lm.sinusoidal").get_config("smoke")
+  c.task.corpus, c.eval.greedy = str(corpus), True
   with pytest.raises(ConfigError) as e:
-    helpers.run_smoke(tmp_path, "sinusoidal", **{"eval.greedy": True, **overrides})
-  assert e.value.field == field
-  assert not (tmp_path / "sinusoidal-run").exists()
+    train.setup(c)
+  assert e.value.field == "config.eval.greedy"

@@ -1,4 +1,4 @@
-"""Scale: seeds vmapped in one program, data parallel over devices, several processes."""
+"""Scale: seeds in one program (vmapped or mapped), data parallel over devices, several processes."""
 
 import json
 import os
@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from posenc import train
 from tests import helpers
@@ -29,8 +30,9 @@ def _assert_same_params(a, b, rtol=1e-5):
   jax.tree_util.tree_map_with_path(check, a, b)
 
 
-def test_num_seeds_equals_separate_runs(tmp_path):
-  both = helpers.config("sinusoidal", num_seeds=2, seed=3)
+@pytest.mark.parametrize("seed_loop", ["map", "vmap"])
+def test_num_seeds_equals_separate_runs(tmp_path, seed_loop):
+  both = helpers.config("sinusoidal", num_seeds=2, seed=3, seed_loop=seed_loop)
   both.workdir = str(tmp_path / "both")
   agg = train.train_and_evaluate(both, log=lambda *_: None)
   stacked = _params(tmp_path / "both")
