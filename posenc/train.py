@@ -582,6 +582,12 @@ def eval_cache(s: Setup, params, num_seeds: int = 1) -> dict:
   return {"cache": {"encoding": arrays}} if arrays else {}
 
 
+def _nanmean(values) -> float:
+  """Mean over the finite values; NaN (without numpy's warning) when there are none."""
+  finite = [v for v in values if not math.isnan(v)]
+  return float(np.mean(finite)) if finite else float("nan")
+
+
 def summarize(s: Setup, per_length: dict[int, float]) -> dict:
   lo, hi = s.config.task.train_min_length, s.config.task.train_max_length
 
@@ -756,7 +762,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
     if not config.eval.greedy or hasattr(s.task, "evaluate"):
       return {}
     pick = lambda m: greedy[m][k] if k is not None else {
-        l: float(np.nanmean([g[l] for g in greedy[m]])) for l in greedy[m][0]}
+        l: _nanmean([g[l] for g in greedy[m]]) for l in greedy[m][0]}
     exact, tokens = pick(0), pick(1)
     ranges = summarize(s, exact)
     return {"greedy": {
@@ -786,7 +792,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
   if S == 1:
     results = seed_results[0]
   else:  # one results.json per seed under seeds/, and their aggregate at the top
-    mean_pl = {l: float(np.nanmean([pl[l] for pl in per_seed])) for l in per_seed[0]}
+    mean_pl = {l: _nanmean([pl[l] for pl in per_seed]) for l in per_seed[0]}
     results = results_of(mean_pl, summarize(s, mean_pl), config.seed)
     results["num_seeds"] = S
     results["seeds"] = [r["seed"] for r in seed_results]

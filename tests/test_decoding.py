@@ -125,9 +125,14 @@ def test_scores_exact_match_and_fraction():
   np.testing.assert_array_equal(has, [True, True, True, False])
 
 
-def test_greedy_exact_match_in_a_run(tmp_path):
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_greedy_exact_match_in_a_run(tmp_path, num_seeds):
   results = helpers.run_smoke(tmp_path, "rope", **{"model.causal": True, "task.name": "copy",
-                                                   "eval.greedy": True})
+                                                   "eval.greedy": True, "num_seeds": num_seeds})
+  if num_seeds > 1:
+    import json
+    per_seed = json.loads((tmp_path / "rope-run" / "seeds" / "seed1" / "results.json").read_text())
+    assert set(per_seed["greedy"]["per_length_exact_match"]) == set(per_seed["per_length"])
   g = results["greedy"]
   assert set(g["per_length_exact_match"]) == set(results["per_length"])
   for l, exact in g["per_length_exact_match"].items():
