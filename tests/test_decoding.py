@@ -151,3 +151,25 @@ def test_greedy_refused_for_language_modelling(tmp_path):
   with pytest.raises(ConfigError) as e:
     train.setup(c)
   assert e.value.field == "config.eval.greedy"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_and_explicit_attention_agree(causal):
+  """CPUs use explicit einsums, accelerators jax.nn.dot_product_attention: the same numbers."""
+  import dataclasses
+  c = helpers.config("sinusoidal", **{"model.causal": causal})
+  s = train.setup(c)
+  lengths, padded = s.eval_buckets[-1]
+  params = _perturbed(train.init_state(s, jax.random.PRNGKey(0))["params"])
+  batch = data_lib.make_batch_fn(s.task, positions_lib.make(c.positions, train=False),
+                                 batch_size=4, lengths=lengths, padded_length=padded,
+                                 causal=causal)(jax.random.PRNGKey(1), len(lengths) - 1)
+  outs = {}
+  for impl in ("fused", "explicit"):
+    model = train.Transformer(dataclasses.replace(s.model_cfg, attention=impl),
+                              s.model(s.eval_bound(padded)).encoding)
+    outs[impl] = model.apply({"params": params}, batch["tokens"], batch["positions"],
+                             batch["valid"])
+  valid = np.asarray(batch["valid"])
+  np.testing.assert_allclose(np.asarray(outs["fused"])[valid], np.asarray(outs["explicit"])[valid],
+                             atol=2e-5, rtol=1e-5)
