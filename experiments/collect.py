@@ -64,6 +64,10 @@ class Run:
   config_hash: str = ""
   label: str = ""
   done: bool = True
+  # Greedy decoding (decoders run with eval.greedy): exact match in range / beyond, per length.
+  exact_in: float | None = None
+  exact_out: float | None = None
+  per_length_exact: dict[int, float] | None = None
 
   @property
   def is_lm(self) -> bool:
@@ -122,12 +126,16 @@ def read_run(results_path: str) -> Run | None:
   train_range = tuple(r.get("train_range") or (0, 0))
   per_length = _lengths(r.get("per_length")) or {}
   is_lm = isinstance(r.get("lm"), dict)  # the LM task: per_length is perplexity, scores bits/byte
+  greedy = r.get("greedy") or {}
   return Run(path=wd, scheme=r["scheme"], task=r["task"], seed=int(r.get("seed", 0)),
              in_range=_num(r.get("in_range_score")), out_of_range=_num(r.get("out_of_range_score")),
              per_length={} if is_lm else per_length, train_range=train_range,
              eval_range=tuple(r.get("eval_range") or (0, 0)), attrs=attrs,
              per_length_perplexity=per_length if is_lm else None,
-             config_hash=r.get("config_hash", ""), done=os.path.exists(os.path.join(run_dir, "DONE")))
+             config_hash=r.get("config_hash", ""), done=os.path.exists(os.path.join(run_dir, "DONE")),
+             exact_in=_num(greedy.get("in_range_exact_match")),
+             exact_out=_num(greedy.get("out_of_range_exact_match")),
+             per_length_exact=_lengths(greedy.get("per_length_exact_match")))
 
 
 def find_runs(dirs: Sequence[str], log=print) -> list[Run]:
@@ -221,7 +229,9 @@ def cells(runs: list[Run]) -> dict[tuple[str, str], dict[str, dict]]:
   for key, members in out.items():
     result[key] = {"in": stats([m.in_range for m in members]),
                    "out": stats([m.out_of_range for m in members]),
-                   "lm": all(m.is_lm for m in members)}
+                   "lm": all(m.is_lm for m in members),
+                   "exact_in": stats([m.exact_in for m in members]),
+                   "exact_out": stats([m.exact_out for m in members])}
   return result
 
 
@@ -280,12 +290,20 @@ def markdown(runs: list[Run]) -> str:
            "**Best over seeds** (each number its own maximum over seeds"
            + ("; minimum for perplexity" if any_lm else "") + ")", "", *grid(best), "",
            "**Mean ± std over seeds** (sample std)", "", *grid(mean), ""]
+  if any(r.exact_in is not None or r.exact_out is not None for r in runs):
+    def exact(c):
+      if not (c["exact_in"]["n"] or c["exact_out"]["n"]):
+        return ""
+      return mean({**c, "in": c["exact_in"], "out": c["exact_out"], "lm": False})
+    parts += ["**Greedy exact match, mean ± std over seeds** (decoders run with "
+              "`eval.greedy`: the whole answer decoded right, in %)", "", *grid(exact), ""]
   return "\n".join(parts)
 
 
 def write_csv(runs: list[Run], out_dir: str, fold: Sequence[str] = ()) -> None:
   fields = ["label", "scheme", "task", "seed", "mode", "preset", "steps", *fold,
-            "in_range_score", "out_of_range_score", "config_hash", "done", "path"]
+            "in_range_score", "out_of_range_score", "greedy_in_range_exact_match",
+            "greedy_out_of_range_exact_match", "config_hash", "done", "path"]
   with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(fields)
@@ -294,12 +312,15 @@ def write_csv(runs: list[Run], out_dir: str, fold: Sequence[str] = ()) -> None:
                   r.attrs.get("steps"), *(r.attrs.get(k) for k in fold),
                   "" if r.in_range is None else r.in_range,
                   "" if r.out_of_range is None else r.out_of_range,
+                  "" if r.exact_in is None else r.exact_in,
+                  "" if r.exact_out is None else r.exact_out,
                   r.config_hash, int(r.done), r.path])
   with open(os.path.join(out_dir, "results_per_length.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["label", "task", "seed", "length", "metric", "value"])
     for r in runs:
-      for metric, values in (("accuracy", r.per_length), ("perplexity", r.per_length_perplexity or {})):
+      for metric, values in (("accuracy", r.per_length), ("perplexity", r.per_length_perplexity or {}),
+                             ("greedy_exact_match", r.per_length_exact or {})):
         for length in sorted(values):
           w.writerow([r.label, r.task, r.seed, length, metric, values[length]])
 

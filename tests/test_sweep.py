@@ -317,7 +317,9 @@ def test_collect_tables_csv_and_plots_from_hand_made_results(tmp_path):
   for (scheme, task), ins in IN.items():
     for seed, (i, o) in enumerate(zip(ins, OUT[(scheme, task)])):
       _fake_run(runs / "a" / f"{scheme}-{task}-seed{seed}", scheme, task, seed, i, o)
-  _fake_run(runs / "b" / "rope-dec", "rope", "parity_check", 0, 0.7, 0.6, mode="decoder")
+  _fake_run(runs / "b" / "rope-dec", "rope", "parity_check", 0, 0.7, 0.6, mode="decoder",
+            extra={"greedy": {"in_range_exact_match": 0.25, "out_of_range_exact_match": 0.0,
+                              "per_length_exact_match": {"1": 0.5, "8": 0.0}}})
   for seed, (bpb, ppl) in enumerate(((1.5, 9.0), (1.7, 11.0))):  # the LM task's results format
     _fake_run(runs / "c" / f"rope-lm-{seed}", "rope", "lm", seed, bpb, 2 * bpb, mode="decoder",
               extra={"per_length": {"4": 3.0, "8": 5.0, "16": ppl}, "train_range": [4, 4],
@@ -355,6 +357,18 @@ def test_collect_tables_csv_and_plots_from_hand_made_results(tmp_path):
   assert cell_best(("rope", "reverse_string")) == "100.0 / 60.0"  # the arithmetic itself
   assert "| rope [decoder] |" in md  # another mode is another row
   assert "70.0 / 60.0" in md
+
+  mean_part, exact_part = mean_part.split("**Greedy exact match")
+  exact_row = next(l for l in exact_part.splitlines() if l.startswith("| rope [decoder] |"))
+  assert "25.0 / 0.0" in exact_row  # only the decoder run that decoded greedily has a cell
+  assert not any("%" in l or "." in l for l in exact_part.splitlines()
+                 if l.startswith("| alibi [encoder] |"))
+  dec_row = next(r for r in rows if r["label"] == "rope [decoder]" and r["task"] == "parity_check")
+  assert float(dec_row["greedy_in_range_exact_match"]) == 0.25
+  assert row["greedy_in_range_exact_match"] == ""
+  with open(out_dir / "results_per_length.csv") as f:
+    exact = [r for r in csv.DictReader(f) if r["metric"] == "greedy_exact_match"]
+  assert [(r["length"], float(r["value"])) for r in exact] == [("1", 0.5), ("8", 0.0)]
 
   lm_row = next(l for l in mean_part.splitlines() if l.startswith("| rope [decoder] |"))
   assert "1.60 ± 0.14 / 3.20 ± 0.28" in lm_row  # bits per byte, lower is better
