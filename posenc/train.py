@@ -502,8 +502,8 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
   """Scores every length in ``[eval.min_length, eval.max_length]``; one program per bucket.
 
   Returns ``{length: teacher-forced accuracy}``. With ``num_seeds > 1``, ``params`` and
-  ``key`` carry a leading seed axis, the seeds are vmapped inside each program, and a list
-  of per-seed dicts is returned. With ``greedy`` (a decoder), each program also decodes the
+  ``key`` carry a leading seed axis, the seeds run inside each program (vmapped or mapped,
+  :func:`seed_loop`), and a list of per-seed dicts is returned. With ``greedy`` (a decoder), each program also decodes the
   answers greedily with a key/value cache (``posenc.decoding``) and the return value is
   ``(accuracy, exact_match, greedy_token_accuracy)``, each as above.
   """
