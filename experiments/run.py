@@ -72,13 +72,15 @@ def main(argv):
   # traceback, by JAX's callback machinery; train.py reports the error itself as one line.
   std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
   from posenc import parallel, train  # imports JAX; kept after flag parsing so --help is instant
-  parallel.maybe_initialize_distributed(force=_DISTRIBUTED.value)
+  distributed = parallel.maybe_initialize_distributed(force=_DISTRIBUTED.value)
 
   try:
     config = sweep_point(_CONFIG.value)
     if _WORKDIR.value:
       with config.unlocked():
         config.workdir = _WORKDIR.value
+    if not distributed and config.get("seed_loop", "auto") in ("auto", "shard"):
+      parallel.provide_cpu_devices(config.num_seeds)  # seeds side by side on the cores
     train.train_and_evaluate(config)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -76,6 +76,10 @@ def main(argv):
       for line in sweeping.commands(config_arg, config.preset, len(resolved), overrides, _ROOT.value):
         print(line)
       return
+    seeds = {c.num_seeds for _, c in resolved}
+    if len(seeds) == 1 and all(c.get("seed_loop", "auto") in ("auto", "shard") for _, c in resolved):
+      from posenc import parallel
+      parallel.provide_cpu_devices(seeds.pop())  # seeds side by side on the cores
     problems = sweeping.unrunnable(resolved, sweeping.shard_indices(len(resolved), shard))
     if problems:
       for i, text in problems:

@@ -56,6 +56,67 @@ def test_num_seeds_equals_separate_runs(tmp_path, seed_loop):
   assert sorted(r.seed for r in runs) == [3, 4] and all(r.done for r in runs)
 
 
+_SHARD_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[3])
+from posenc import parallel
+devices = parallel.provide_cpu_devices(2)  # before JAX starts, as experiments.run does
+import jax
+jax.config.update("jax_disable_most_optimizations", True)  # as in this suite (conftest)
+from absl import logging; logging.set_verbosity(logging.ERROR)
+from posenc import train
+from tests import helpers
+c = helpers.config("sinusoidal", num_seeds=2, seed=3)
+c.workdir = sys.argv[1]
+if int(sys.argv[2]):
+  c.train.steps = int(sys.argv[2])
+r = train.train_and_evaluate(c, log=lambda *_: None)
+print(json.dumps({"devices": devices, "cpu_devices": jax.device_count(),
+                  "loop": train.seed_loop(c), "per_seed": r["in_range_score_per_seed"]}))
+"""
+
+
+def _run_sharded(workdir, steps=0):
+  out = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT, str(workdir), str(steps), ROOT],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_seeds_sharded_over_cpu_devices_equal_separate_runs_and_resume(tmp_path):
+  """Two seeds on two CPU devices (seed_loop auto -> shard): each seed's parameters and
+  scores equal its own single-seed run's, and a run stopped halfway and resumed (sharded
+  checkpoint restored onto the seed mesh) ends with the same parameters."""
+  whole = _run_sharded(tmp_path / "whole")
+  assert whole["devices"] == 2 and whole["cpu_devices"] == 2 and whole["loop"] == "shard"
+  stacked = _params(tmp_path / "whole")
+  for k, seed in enumerate((3, 4)):
+    one = helpers.config("sinusoidal", seed=seed)
+    one.workdir = str(tmp_path / f"one{seed}")
+    single = train.train_and_evaluate(one, log=lambda *_: None)
+    _assert_same_params(jax.tree_util.tree_map(lambda a: a[k], stacked),
+                        _params(tmp_path / f"one{seed}"))
+    per_seed = json.loads((tmp_path / "whole" / "seeds" / f"seed{seed}" / "results.json").read_text())
+    lengths = sorted(single["per_length"], key=int)
+    np.testing.assert_allclose([per_seed["per_length"][l] for l in lengths],
+                               [single["per_length"][l] for l in lengths], atol=1e-6)
+  steps = helpers.config("sinusoidal").train.steps
+  _run_sharded(tmp_path / "halves", steps=steps // 2)
+  resumed = _run_sharded(tmp_path / "halves")
+  np.testing.assert_allclose(resumed["per_seed"], whole["per_seed"], atol=1e-6)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, _params(tmp_path / "halves"), stacked)
+
+
+def test_provide_cpu_devices_leaves_a_started_jax_alone():
+  from posenc import parallel
+  jax.numpy.zeros(1).block_until_ready()  # JAX is running in this process
+  assert parallel.provide_cpu_devices(1) == 0
+  assert parallel.provide_cpu_devices(8) == 0
+  assert jax.device_count() == 1
+  assert parallel.seed_devices(8) == 1 and parallel._largest_divisor(8, 3) == 2
+  assert parallel._largest_divisor(6, 4) == 3 and parallel._largest_divisor(7, 2) == 1
+
+
 _DP_SCRIPT = r"""
 import json, sys
 import jax
