@@ -316,7 +316,9 @@ def seed_loop(config: ml_collections.ConfigDict) -> str:
     if jax.default_backend() != "cpu":
       return "vmap"
     shardable = seeds > 1 and jax.process_count() == 1 and parallel.seed_devices(seeds) > 1
-    return "shard" if shardable else "map"
+    how = "shard" if shardable else "map"
+  if how == "shard" and not getattr(encodings.get(config.encoding.name), "SHARD_MAP", True):
+    return "shard_spmd"  # the same split without shard_map (see seeded)
   return how
 
 
@@ -334,23 +336,41 @@ def seeded(fn: Callable, num_seeds: int, how: str = "vmap") -> Callable:
     return lambda *args: jax.lax.map(lambda a: fn(*a), args)
   if how == "vmap":
     return jax.vmap(fn)
-  if how != "shard":
+  if how not in ("shard", "shard_spmd"):
     raise ValueError(f"unknown seed loop {how!r}; choose one of {SEED_LOOPS[1:]}")
   mesh = parallel.seed_mesh(num_seeds)
-  share = num_seeds // mesh.size
-  if share == 1:  # one seed per device: the single-seed program, between size-1 seed axes
-    def local(*args):
-      out = fn(*jax.tree_util.tree_map(lambda x: x[0], args))
-      return jax.tree_util.tree_map(lambda x: x[None], out)
-  else:
-    local = seeded(fn, share, "map" if jax.default_backend() == "cpu" else "vmap")
-  spec = jax.sharding.PartitionSpec(parallel.SEED_AXIS)
-  return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+  n = mesh.size
+  share = num_seeds // n
+  inner = seeded(fn, share, "map" if jax.default_backend() == "cpu" else "vmap")
+  tree_map = jax.tree_util.tree_map
+  seed_axis = jax.sharding.PartitionSpec(parallel.SEED_AXIS)
+  if how == "shard":  # each device runs its share's program: no cross-device work at all
+    if share == 1:
+      local = lambda *args: tree_map(lambda x: x[None], fn(*tree_map(lambda x: x[0], args)))
+    else:
+      local = inner
+    return jax.shard_map(local, mesh=mesh, in_specs=seed_axis, out_specs=seed_axis,
+                         check_vma=False)
+
+  # "shard_spmd": the same split written without shard_map, for schemes whose gradients go
+  # through equinox's checkpointed while loops (FLOATER's diffrax solve), which fail inside
+  # shard_map's manual axes (diffrax issue #765). [S, ...] -> [devices, share, ...], the
+  # first axis vmapped and constrained to the devices, so that XLA partitions it away.
+  split = jax.sharding.NamedSharding(mesh, seed_axis)
+
+  def run(*args):
+    grouped = tree_map(lambda x: jax.lax.with_sharding_constraint(
+        x.reshape(n, *((share,) if share > 1 else ()), *x.shape[1:]), split), args)
+    out = jax.vmap(inner)(*grouped)
+    return tree_map(lambda x: jax.lax.with_sharding_constraint(x, split).reshape(
+        num_seeds, *x.shape[2 if share > 1 else 1:]), out)
+
+  return run
 
 
 def data_mesh(config: ml_collections.ConfigDict):
   """The mesh the batch is split over: every device, or one when the seeds take the devices."""
-  if config.get("num_seeds", 1) > 1 and seed_loop(config) == "shard":
+  if config.get("num_seeds", 1) > 1 and seed_loop(config).startswith("shard"):
     return parallel.one_device_mesh()
   return parallel.data_mesh()
 
@@ -575,7 +595,7 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
       return jnp.stack(out)
 
     def score_seeds(params, cache, key, index, chunk, score_one=score_one):
-      if how == "shard" and num_seeds > 1:  # shard_map takes arrays, not closed-over tracers
+      if how.startswith("shard") and num_seeds > 1:  # shard_map takes arrays, not closed-over tracers
         along = lambda x: jnp.broadcast_to(x, (num_seeds,))
         return seeded(score_one, num_seeds, how)(params, cache, key, along(index), along(chunk))
       one = lambda p, c, k: score_one(p, c, k, index, chunk)
@@ -716,7 +736,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
     log(f"data parallel over {mesh.size} devices")
   if S > 1:
     how = seed_loop(config)
-    if how == "shard":
+    if how.startswith("shard"):
       n = parallel.seed_devices(S)
       inner = "" if S == n else ", mapped" if jax.default_backend() == "cpu" else ", vmapped"
       log(f"seeds: {S} over {n} {jax.default_backend()} devices ({S // n} each{inner})")

@@ -21,10 +21,13 @@ import json
 import os
 import platform
 import resource
+import statistics
+import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -35,6 +38,7 @@ from posenc import encodings, train  # noqa: E402
 logging.set_verbosity(logging.ERROR)
 
 _COMPILES = []
+_STEPS: dict[str, dict] = {}  # scheme -> its compiled training step, for the interleaved timing
 jax.monitoring.register_event_duration_secs_listener(
     lambda name, secs, **kw: _COMPILES.append(secs) if name == "/jax/core/compile/backend_compile_duration" else None)
 
@@ -81,7 +85,7 @@ def time_training(s, args) -> dict:
     state, _ = compiled(state, keys["train"])
   jax.block_until_ready(state)
   return {"compile_s": compile_s, "step_s": (time.perf_counter() - t) / args.steps,
-          "flops": flops, "state": state, "keys": keys}
+          "flops": flops, "state": state, "keys": keys, "compiled": compiled}
 
 
 def bench_lm(scheme: str, args, rate: float) -> dict:
@@ -106,6 +110,8 @@ def bench_scheme(scheme: str, args, rate: float) -> dict:
   s = train.setup(c)
   r = time_training(s, args)
   compile_s, step_s, flops, state, keys = (r[k] for k in ("compile_s", "step_s", "flops", "state", "keys"))
+  _STEPS[scheme] = {"compiled": r["compiled"], "keys": keys, "tokens": c.train.batch_size * s.train_padded,
+                    "flops": flops, "state": state}  # the step's latest state (not donated yet)
   tokens = c.train.batch_size * s.train_padded
 
   n0 = len(_COMPILES)
@@ -128,12 +134,78 @@ def bench_scheme(scheme: str, args, rate: float) -> dict:
   return row
 
 
-def bench_seeds(args, num_seeds: int = 8) -> dict:
-  """``num_seeds`` seeds in one program (vmapped, and mapped) vs one after another.
+def interleaved_steps(rows: list[dict], args, rate: float) -> None:
+  """Re-times every scheme's training step in ``args.rounds`` rounds, the schemes taking
+  turns within each round, and puts the median in ``rows`` (step ms, tokens/s, MFU).
 
-  Per step always; with ``--seed_runs``, also whole runs of the default preset in this
-  process (``num_seeds`` single-seed runs, each compiling its own programs, against one
-  run with ``num_seeds`` and ``seed_loop=auto``), training and evaluation included.
+  Timed one after another, a ratio between two schemes also measures whatever else the
+  machine did in between; taking turns spreads that over all of them.
+  """
+  samples = {name: [] for name in _STEPS}
+  for _ in range(args.rounds):
+    for name, st in _STEPS.items():
+      state = st.pop("state", None)
+      if state is None:
+        continue
+      for _ in range(args.warmup):
+        state, _ = st["compiled"](state, st["keys"]["train"])
+      jax.block_until_ready(state)
+      t = time.perf_counter()
+      for _ in range(args.steps):
+        state, _ = st["compiled"](state, st["keys"]["train"])
+      jax.block_until_ready(state)
+      samples[name].append((time.perf_counter() - t) / args.steps)
+      st["state"] = state
+  for row in rows:
+    got = samples.get(row["scheme"])
+    if not got:
+      continue
+    step_s = statistics.median(got)
+    st = _STEPS[row["scheme"]]
+    row.update({"step_ms": 1e3 * step_s, "steps_per_s": 1 / step_s,
+                "tokens_per_s": st["tokens"] / step_s,
+                "mfu": (st["flops"] / step_s) / rate if st["flops"] else None,
+                "step_ms_rounds": [round(1e3 * x, 2) for x in got]})
+
+
+def seed_step_worker(args) -> None:
+  """In a fresh process: time one ``num_seeds``-seed training step as ``experiments.run``
+  would run it (CPU split into one device per core, ``seed_loop=auto``); prints JSON."""
+  from posenc import parallel
+  num_seeds = args.seed_step_worker
+  devices = parallel.provide_cpu_devices(num_seeds)  # before anything starts JAX
+  c = config_for("sinusoidal", args.preset)
+  with c.unlocked():
+    c.num_seeds = num_seeds
+  s = train.setup(c)
+  how = train.seed_loop(c)
+  keys = train.root_keys(0, num_seeds)
+  state = jax.jit(train.seeded(lambda k: train.init_state(s, k), num_seeds, how))(keys["init"])
+  step = jax.jit(train.seeded(train.make_train_step(s), num_seeds, how), donate_argnums=0)
+  for _ in range(max(1, args.warmup)):
+    state, _ = step(state, keys["train"])
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(args.rounds):
+    t = time.perf_counter()
+    for _ in range(args.steps):
+      state, _ = step(state, keys["train"])
+    jax.block_until_ready(state)
+    times.append((time.perf_counter() - t) / args.steps)
+  print(json.dumps({"devices": devices or jax.device_count(), "seed_loop": how,
+                    "s_per_step": statistics.median(times)}))
+
+
+def bench_seeds(args, num_seeds: int = 8) -> dict:
+  """``num_seeds`` seeds in one program against one after another.
+
+  Per step, in this process (one device): ``num_seeds`` single-seed steps against one vmapped
+  and one mapped ``num_seeds``-seed step; and in a fresh process, the step as
+  ``experiments.run`` runs it on this machine (``seed_loop=auto``: on a CPU, seeds sharded
+  over one device per core). With ``--seed_runs``, whole default-preset runs as a researcher
+  would start them: ``num_seeds`` times ``python -m experiments.run --config.seed=k`` against
+  one ``python -m experiments.run --config.num_seeds=<num_seeds>``, wall clock, process
+  start-up, compilation, training, evaluation and writing included.
   """
   c = config_for("sinusoidal", args.preset)
   times = {}
@@ -153,24 +225,37 @@ def bench_seeds(args, num_seeds: int = 8) -> dict:
     jax.block_until_ready(state)
     per_step = (time.perf_counter() - t) / args.steps
     times[label] = per_step * (num_seeds if s_count == 1 else 1)
+  cmd = [sys.executable, os.path.abspath(__file__), f"--seed_step_worker={num_seeds}",
+         f"--steps={args.steps}", f"--warmup={args.warmup}", f"--rounds={args.rounds}"]
+  if args.preset:
+    cmd.append(f"--preset={args.preset}")
+  worker = subprocess.run(cmd, capture_output=True, text=True, cwd=_ROOT)
+  if worker.returncode:
+    raise RuntimeError(f"seed step worker failed: {worker.stderr[-1000:]}")
+  auto = json.loads(worker.stdout.strip().splitlines()[-1])
   out = {"num_seeds": num_seeds, "sequential_s_per_step": times["sequential"],
          "vmapped_s_per_step": times["vmapped"], "mapped_s_per_step": times["mapped"],
          "speedup": times["sequential"] / times["vmapped"],
-         "speedup_mapped": times["sequential"] / times["mapped"]}
+         "speedup_mapped": times["sequential"] / times["mapped"],
+         "auto_seed_loop": auto["seed_loop"], "auto_devices": auto["devices"],
+         "auto_s_per_step": auto["s_per_step"],
+         "speedup_auto": times["sequential"] / auto["s_per_step"]}
   if args.seed_runs:
     import tempfile
+    config_arg = "--config=configs/sinusoidal.py" + (f":{args.preset}" if args.preset else "")
     with tempfile.TemporaryDirectory() as tmp:
-      def run(seeds, name, seed=0):
-        rc = config_for("sinusoidal", args.preset)
-        with rc.unlocked():
-          rc.num_seeds, rc.seed, rc.workdir = seeds, seed, os.path.join(tmp, name)
+      def run(name, *flags):
         t = time.perf_counter()
-        train.train_and_evaluate(rc, log=lambda *_: None)
+        done = subprocess.run([sys.executable, "-m", "experiments.run", config_arg,
+                               f"--workdir={os.path.join(tmp, name)}", *flags],
+                              capture_output=True, text=True, cwd=_ROOT)
+        if done.returncode:
+          raise RuntimeError(f"run {name} failed: {done.stderr[-1000:]}")
         return time.perf_counter() - t
-      sequential = sum(run(1, f"one{k}", k) for k in range(num_seeds))
-      together = run(num_seeds, "all")
-    out.update({"sequential_runs_s": sequential, "one_run_s": together,
-                "run_speedup": sequential / together})
+      sequential = [run(f"one{k}", f"--config.seed={k}") for k in range(num_seeds)]
+      together = run("all", f"--config.num_seeds={num_seeds}")
+    out.update({"sequential_runs_s": sum(sequential), "single_run_s": sequential,
+                "one_run_s": together, "run_speedup": sum(sequential) / together})
   return out
 
 
@@ -206,7 +291,13 @@ def main() -> None:
   p.add_argument("--skip_seeds", action="store_true", help="skip the num_seeds=8 comparison")
   p.add_argument("--seed_runs", action="store_true",
                  help="also time whole default-preset runs: 8 single-seed runs vs one 8-seed run")
+  p.add_argument("--rounds", type=int, default=5,
+                 help="interleaved timing rounds (schemes take turns; the median is reported)")
+  p.add_argument("--seed_step_worker", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args()
+  if args.seed_step_worker:
+    seed_step_worker(args)
+    return
 
   schemes = [x for x in args.schemes.split(",") if x] or encodings.names()
   if "sinusoidal" in schemes:  # the baseline first
@@ -223,6 +314,8 @@ def main() -> None:
       row = {"scheme": scheme, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
     rows.append(row)
     print(json.dumps(row), flush=True)
+  print(f"timing the training steps again, {args.rounds} interleaved rounds ...", flush=True)
+  interleaved_steps(rows, args, rate)
   base = next((r for r in rows if r["scheme"] == "sinusoidal" and "error" not in r), None)
   table = markdown(rows, base, f"{args.eval_min}–{args.eval_max}")
   print(table)
@@ -251,7 +344,9 @@ def main() -> None:
     print(f"num_seeds=8 per step: {seeds['sequential_s_per_step'] * 1e3:.1f} ms for 8 sequential "
           f"steps; one 8-seed step vmapped {seeds['vmapped_s_per_step'] * 1e3:.1f} ms "
           f"({seeds['speedup']:.2f}x), mapped {seeds['mapped_s_per_step'] * 1e3:.1f} ms "
-          f"({seeds['speedup_mapped']:.2f}x)")
+          f"({seeds['speedup_mapped']:.2f}x); as experiments.run runs it ({seeds['auto_seed_loop']} "
+          f"over {seeds['auto_devices']} devices) {seeds['auto_s_per_step'] * 1e3:.1f} ms "
+          f"({seeds['speedup_auto']:.2f}x)")
     if "run_speedup" in seeds:
       print(f"num_seeds=8 whole runs: 8 single-seed runs {seeds['sequential_runs_s']:.1f} s, one "
             f"8-seed run {seeds['one_run_s']:.1f} s ({seeds['run_speedup']:.2f}x)")

@@ -66,7 +66,7 @@ jax.config.update("jax_disable_most_optimizations", True)  # as in this suite (c
 from absl import logging; logging.set_verbosity(logging.ERROR)
 from posenc import train
 from tests import helpers
-c = helpers.config("sinusoidal", num_seeds=2, seed=3)
+c = helpers.config(sys.argv[4], num_seeds=2, seed=3)
 c.workdir = sys.argv[1]
 if int(sys.argv[2]):
   c.train.steps = int(sys.argv[2])
@@ -76,11 +76,26 @@ print(json.dumps({"devices": devices, "cpu_devices": jax.device_count(),
 """
 
 
-def _run_sharded(workdir, steps=0):
-  out = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT, str(workdir), str(steps), ROOT],
+def _run_sharded(workdir, steps=0, scheme="sinusoidal"):
+  out = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT, str(workdir), str(steps), ROOT, scheme],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-2000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _check_seeds_equal_single_runs(tmp_path, whole_dir, scheme):
+  stacked = _params(whole_dir)
+  for k, seed in enumerate((3, 4)):
+    one = helpers.config(scheme, seed=seed)
+    one.workdir = str(tmp_path / f"one{seed}")
+    single = train.train_and_evaluate(one, log=lambda *_: None)
+    _assert_same_params(jax.tree_util.tree_map(lambda a: a[k], stacked),
+                        _params(tmp_path / f"one{seed}"))
+    per_seed = json.loads((whole_dir / "seeds" / f"seed{seed}" / "results.json").read_text())
+    lengths = sorted(single["per_length"], key=int)
+    np.testing.assert_allclose([per_seed["per_length"][l] for l in lengths],
+                               [single["per_length"][l] for l in lengths], atol=1e-6)
+  return stacked
 
 
 def test_seeds_sharded_over_cpu_devices_equal_separate_runs_and_resume(tmp_path):
@@ -89,22 +104,20 @@ def test_seeds_sharded_over_cpu_devices_equal_separate_runs_and_resume(tmp_path)
   checkpoint restored onto the seed mesh) ends with the same parameters."""
   whole = _run_sharded(tmp_path / "whole")
   assert whole["devices"] == 2 and whole["cpu_devices"] == 2 and whole["loop"] == "shard"
-  stacked = _params(tmp_path / "whole")
-  for k, seed in enumerate((3, 4)):
-    one = helpers.config("sinusoidal", seed=seed)
-    one.workdir = str(tmp_path / f"one{seed}")
-    single = train.train_and_evaluate(one, log=lambda *_: None)
-    _assert_same_params(jax.tree_util.tree_map(lambda a: a[k], stacked),
-                        _params(tmp_path / f"one{seed}"))
-    per_seed = json.loads((tmp_path / "whole" / "seeds" / f"seed{seed}" / "results.json").read_text())
-    lengths = sorted(single["per_length"], key=int)
-    np.testing.assert_allclose([per_seed["per_length"][l] for l in lengths],
-                               [single["per_length"][l] for l in lengths], atol=1e-6)
+  stacked = _check_seeds_equal_single_runs(tmp_path, tmp_path / "whole", "sinusoidal")
   steps = helpers.config("sinusoidal").train.steps
   _run_sharded(tmp_path / "halves", steps=steps // 2)
   resumed = _run_sharded(tmp_path / "halves")
   np.testing.assert_allclose(resumed["per_seed"], whole["per_seed"], atol=1e-6)
   jax.tree_util.tree_map(np.testing.assert_array_equal, _params(tmp_path / "halves"), stacked)
+
+
+def test_floater_seeds_sharded_without_shard_map_equal_separate_runs(tmp_path):
+  """FLOATER's ODE gradients cannot run inside shard_map (diffrax #765): its seeds take the
+  partitioned form (shard_spmd), with the same per-seed results."""
+  whole = _run_sharded(tmp_path / "whole", scheme="floater")
+  assert whole["devices"] == 2 and whole["loop"] == "shard_spmd"
+  _check_seeds_equal_single_runs(tmp_path, tmp_path / "whole", "floater")
 
 
 def test_provide_cpu_devices_leaves_a_started_jax_alone():

@@ -35,6 +35,9 @@ Class attributes a scheme may set:
   sequence ``[B|1, L]`` (xPos centres its scaling on them, the same in every decoding step).
 * ``LOGITS_MASK``: ``logits`` is also given ``mask=``, the boolean attention mask
   ``[B|1, 1, Lq, Lk]`` (which keys each query sees; CoPE counts only those).
+* ``SHARD_MAP``: False when the scheme's gradients cannot be taken inside ``jax.shard_map``
+  (FLOATER: equinox's checkpointed while loops in diffrax, diffrax issue #765); seeds split
+  over devices then use the partitioned form (``posenc.train.seeded``, ``shard_spmd``).
 
 In incremental decoding (``Transformer(decode="step")``) the query side is one token
 (``Lq = 1``, ``q_pos`` its position) and the key side is the whole cached buffer
@@ -102,6 +105,7 @@ class Encoding(nn.Module):
   EVAL_CACHE: ClassVar[tuple[str, ...]] = ()
   LOGITS_MASK: ClassVar[bool] = False
   PROJECT_CONTEXT: ClassVar[bool] = False
+  SHARD_MAP: ClassVar[bool] = True
   INCREMENTAL: ClassVar[bool] = True
 
   def incremental(self) -> bool:

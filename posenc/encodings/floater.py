@@ -263,6 +263,8 @@ class Encoding(_Base):
   """
 
   EVAL_CACHE = ("table",)
+  # Gradients through diffrax's checkpointed loops fail inside shard_map (diffrax #765).
+  SHARD_MAP = False
 
   injection: str = "qkv"          # "qkv" (official: q/k/v biases) or "layer_input" (paper, Eq. 6)
   method: str = "tsit5"           # "tsit5" (adaptive) or "rk4" (fixed step dt / rk4_substeps)
