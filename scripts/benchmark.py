@@ -8,7 +8,11 @@ of ``configs/<scheme>.py`` (reverse_string): compile time of the training step, 
 steps/s and tokens/s, evaluation time over lengths 41..500 and the number of programs it
 compiled, peak memory, and model FLOP utilisation (XLA's FLOP count of the step over its
 time, against this machine's dense-matmul rate measured in the same run). Ratios against
-sinusoidal are what the targets are stated in. Prints a Markdown table and writes JSON.
+sinusoidal are what the targets are stated in: after the per-scheme pass, every training
+step is timed again in ``--rounds`` rounds in which the schemes take turns, and the table
+reports the medians, so that load on a shared machine falls on all schemes alike. Then
+``num_seeds = 8`` against 8 single-seed runs (``--seed_runs``: whole ``experiments.run``
+processes). Prints Markdown tables and writes JSON.
 
 This is a script, not a test: timings depend on the machine and its load.
 """
@@ -288,6 +292,7 @@ def main() -> None:
   p.add_argument("--out", default="benchmark.json")
   p.add_argument("--lm", default="", help="comma-separated schemes to time on the LM preset "
                  "(configs/lm/<scheme>.py); default: those with an LM config")
+  p.add_argument("--skip_lm", action="store_true", help="skip the LM preset")
   p.add_argument("--skip_seeds", action="store_true", help="skip the num_seeds=8 comparison")
   p.add_argument("--seed_runs", action="store_true",
                  help="also time whole default-preset runs: 8 single-seed runs vs one 8-seed run")
@@ -325,7 +330,7 @@ def main() -> None:
   lm_schemes = [x for x in args.lm.split(",") if x] or sorted(
       f[:-3] for f in os.listdir(lm_dir) if f.endswith(".py") and f not in ("__init__.py", "base.py")) \
       if os.path.isdir(lm_dir) else []
-  for scheme in lm_schemes:
+  for scheme in [] if args.skip_lm else lm_schemes:
     try:
       row = bench_lm(scheme, args, rate)
     except Exception as e:  # noqa: BLE001

@@ -1,0 +1,39 @@
+"""scripts/benchmark.py runs end to end on the smoke preset and writes what the README reads.
+
+Timings are not checked (they belong to the machine); the structure and the bookkeeping are.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from posenc import parallel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_script_writes_tables_interleaved_medians_and_seed_speedups(tmp_path):
+  out = tmp_path / "bench.json"
+  cmd = [sys.executable, "scripts/benchmark.py", "--preset=smoke", "--schemes=alibi,sinusoidal",
+         "--steps=2", "--warmup=1", "--rounds=3", "--eval_min=1", "--eval_max=4",
+         "--eval_samples=2", "--skip_lm", f"--out={out}"]
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  d = json.loads(out.read_text())
+  rows = {r["scheme"]: r for r in d["rows"]}
+  assert list(rows) == ["sinusoidal", "alibi"]  # the baseline first
+  for r in rows.values():
+    assert "error" not in r, r
+    assert len(r["step_ms_rounds"]) == 3
+    assert abs(r["step_ms"] - statistics.median(r["step_ms_rounds"])) < 0.01
+    assert r["eval_programs"] >= 1 and r["eval_s"] > 0 and r["tokens_per_s"] > 0
+  assert "| alibi | encoder |" in d["markdown"] and "| sinusoidal | encoder |" in d["markdown"]
+  seeds = d["seeds"]
+  devices = parallel._largest_divisor(8, parallel.available_cores())
+  assert seeds["num_seeds"] == 8 and seeds["auto_devices"] == devices
+  assert seeds["auto_seed_loop"] == ("shard" if devices > 1 else "map")
+  for key in ("speedup", "speedup_mapped", "speedup_auto"):
+    assert seeds[key] > 0
+  assert abs(seeds["speedup_auto"] - seeds["sequential_s_per_step"] / seeds["auto_s_per_step"]) < 1e-9
