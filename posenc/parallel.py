@@ -57,14 +57,14 @@ def one_device_mesh() -> Mesh:
 SEED_AXIS = "seed"
 
 
-def _largest_divisor(n: int, at_most: int) -> int:
+def largest_divisor(n: int, at_most: int) -> int:
   return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
 
 
 def seed_devices(num_seeds: int) -> int:
   """How many local devices ``num_seeds`` seeds split over: the largest divisor of
   ``num_seeds`` not above the local device count (every device gets the same share)."""
-  return _largest_divisor(num_seeds, jax.local_device_count())
+  return largest_divisor(num_seeds, jax.local_device_count())
 
 
 def seed_mesh(num_seeds: int) -> Mesh:
@@ -93,7 +93,7 @@ def provide_cpu_devices(num_seeds: int) -> int:
   if num_seeds < 2 or os.environ.get("JAX_NUM_CPU_DEVICES") or (
       "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
     return 0
-  n = _largest_divisor(num_seeds, available_cores())
+  n = largest_divisor(num_seeds, available_cores())
   if n < 2 or jax.config.jax_num_cpu_devices not in (-1, 1, None):
     return 0
   try:

@@ -741,7 +741,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
       inner = "" if S == n else ", mapped" if jax.default_backend() == "cpu" else ", vmapped"
       log(f"seeds: {S} over {n} {jax.default_backend()} devices ({S // n} each{inner})")
     else:
-      log(f"seeds: {S} in one program ({how})")
+      cores = parallel.available_cores()
+      hint = ""
+      if (how == "map" and jax.default_backend() == "cpu" and cores > 1
+          and parallel.largest_divisor(S, cores) == 1):
+        which = "an even num_seeds" if cores == 2 else f"a num_seeds with a divisor in 2..{cores}"
+        hint = (f"; {which} would run side by side on this CPU's {cores} cores "
+                "(experiments.run splits the CPU into one device per core)")
+      log(f"seeds: {S} in one program ({how}){hint}")
   pending: list[dict] = []
   t_start = time.perf_counter()
   compile_s = None

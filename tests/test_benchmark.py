@@ -31,7 +31,7 @@ def test_benchmark_script_writes_tables_interleaved_medians_and_seed_speedups(tm
     assert r["eval_programs"] >= 1 and r["eval_s"] > 0 and r["tokens_per_s"] > 0
   assert "| alibi | encoder |" in d["markdown"] and "| sinusoidal | encoder |" in d["markdown"]
   seeds = d["seeds"]
-  devices = parallel._largest_divisor(8, parallel.available_cores())
+  devices = parallel.largest_divisor(8, parallel.available_cores())
   assert seeds["num_seeds"] == 8 and seeds["auto_devices"] == devices
   assert seeds["auto_seed_loop"] == ("shard" if devices > 1 else "map")
   for key in ("speedup", "speedup_mapped", "speedup_auto"):

@@ -126,8 +126,8 @@ def test_provide_cpu_devices_leaves_a_started_jax_alone():
   assert parallel.provide_cpu_devices(1) == 0
   assert parallel.provide_cpu_devices(8) == 0
   assert jax.device_count() == 1
-  assert parallel.seed_devices(8) == 1 and parallel._largest_divisor(8, 3) == 2
-  assert parallel._largest_divisor(6, 4) == 3 and parallel._largest_divisor(7, 2) == 1
+  assert parallel.seed_devices(8) == 1 and parallel.largest_divisor(8, 3) == 2
+  assert parallel.largest_divisor(6, 4) == 3 and parallel.largest_divisor(7, 2) == 1
 
 
 _DP_SCRIPT = r"""
