@@ -104,6 +104,8 @@ CASES = {
     "unknown scheme option": ("learned", {"encoding.fallback": "wrap"}, "config.encoding.fallback"),
     "unknown seed loop": ("sinusoidal", {"seed_loop": "parallel"}, "config.seed_loop"),
     "greedy decoding in an encoder": ("sinusoidal", {"eval.greedy": True}, "config.eval.greedy"),
+    "evaluation passes that do not divide the batch": ("sinusoidal", {"eval.micro_batch": 3},
+                                                       "config.eval.micro_batch"),
 }
 
 
