@@ -50,6 +50,7 @@ def _scores(scheme: str, micro: int, **overrides):
   s = train.setup(c)
   keys = train.root_keys(c.seed)
   state = train.init_state(s, keys["init"])
+  assert train.eval_micro_batch(c, 4, max(p for _, p in s.eval_buckets)) == micro
   return train.evaluate(s, state["params"], keys["eval"], log=None, greedy=bool(c.eval.greedy))
 
 

@@ -32,7 +32,9 @@ def _assert_same_params(a, b, rtol=1e-5):
 
 @pytest.mark.parametrize("seed_loop", ["map", "vmap"])
 def test_num_seeds_equals_separate_runs(tmp_path, seed_loop):
-  both = helpers.config("sinusoidal", num_seeds=2, seed=3, seed_loop=seed_loop)
+  # The seeded run also evaluates in passes of 2 rows; the single runs take their batch of 4 whole.
+  both = helpers.config("sinusoidal", num_seeds=2, seed=3, seed_loop=seed_loop,
+                        **{"eval.micro_batch": 2})
   both.workdir = str(tmp_path / "both")
   agg = train.train_and_evaluate(both, log=lambda *_: None)
   stacked = _params(tmp_path / "both")
@@ -67,6 +69,7 @@ from absl import logging; logging.set_verbosity(logging.ERROR)
 from posenc import train
 from tests import helpers
 c = helpers.config(sys.argv[4], num_seeds=2, seed=3)
+c.eval.micro_batch = 2  # evaluation in passes too (the single runs it is compared with: whole)
 c.workdir = sys.argv[1]
 if int(sys.argv[2]):
   c.train.steps = int(sys.argv[2])
@@ -138,8 +141,10 @@ sys.path.insert(0, sys.argv[3])
 from absl import logging; logging.set_verbosity(logging.ERROR)
 from posenc import train
 from tests import helpers
+# On 2 devices the sharded evaluation batch also runs in passes of 2 rows.
 c = helpers.config("sinusoidal", **{"train.batch_size": 8, "eval.batch_size": 8,
-                                    "eval.samples_per_length": 8})
+                                    "eval.samples_per_length": 8,
+                                    "eval.micro_batch": 2 if int(sys.argv[1]) > 1 else 0})
 c.workdir = sys.argv[2]
 r = train.train_and_evaluate(c, log=lambda *_: None)
 print(json.dumps({"devices": jax.device_count(), "per_length": r["per_length"]}))
