@@ -102,9 +102,17 @@ class Setup:
     return positions_lib.bound(self.config.positions, padded, train=False)
 
 
+# Settings that change how a run computes, never what: left out of the hash, so runs made
+# before they existed keep their workdir names and DONE markers (sweeps do not redo them).
+_HASH_EXCLUDED = (("eval", "micro_batch"),)
+
+
 def config_hash(config: ml_collections.ConfigDict) -> str:
   d = config.to_dict()
   d.pop("workdir", None)
+  for section, name in _HASH_EXCLUDED:
+    if isinstance(d.get(section), dict):
+      d[section].pop(name, None)
   return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

@@ -69,3 +69,17 @@ def test_passes_give_the_same_scores(scheme, overrides):
     np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-6, atol=1e-7)
   values = list(whole[0].values())
   assert any(0.0 < v < 1.0 for v in values), values  # scores that can tell a wrong sum apart
+
+
+def test_pass_size_leaves_the_config_hash_alone():
+  """Scores do not depend on it, so neither do workdir names and DONE markers: runs and sweeps
+  made before the field existed are still found complete."""
+  c = helpers.config("sinusoidal")
+  h = train.config_hash(c)
+  c.eval.micro_batch = 2
+  assert train.config_hash(c) == h
+  with c.eval.unlocked():
+    del c.eval["micro_batch"]
+  assert train.config_hash(c) == h
+  c.eval.batch_size = 2
+  assert train.config_hash(c) != h
