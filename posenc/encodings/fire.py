@@ -58,8 +58,24 @@ class _FireFunction(nn.Module):
     threshold = jnp.abs(multiplier * self.init_length)
     x = normalized_distance(q_pos, k_pos, c, threshold)[..., None]  # [B|1, Lq, Lk, 1]
     h = nn.relu(nn.Dense(self.width, name="hidden")(x))
-    out = nn.Dense(self.num_heads, name="out")(h)  # [B|1, Lq, Lk, H]
-    return jnp.moveaxis(out, -1, -3).astype(jnp.float32)  # [B|1, H, Lq, Lk]
+    return _HeadsFirst(self.num_heads, name="out")(h)  # [B|1, H, Lq, Lk]
+
+
+class _HeadsFirst(nn.Module):
+  """``nn.Dense(features)`` (same parameters, same values) whose output axis comes first:
+  ``[B|1, Lq, Lk, W] -> [B|1, H, Lq, Lk]``. The product is formed heads-first, so the term is
+  never transposed (moving the head axis past a batch of 1 is free); a Dense followed by a
+  transpose copied the whole ``H × Lq × Lk`` term in every layer."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, h):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (h.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    out = jnp.einsum("wh,...qkw->h...qk", kernel, h) + bias.reshape(-1, *([1] * (h.ndim - 1)))
+    return jnp.moveaxis(out, 0, -3).astype(jnp.float32)
 
 
 class Encoding(_Base):

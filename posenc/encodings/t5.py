@@ -69,8 +69,10 @@ def bias(table_RxH: jax.Array, q_pos: jax.Array, k_pos: jax.Array, *, bidirectio
   """
   rel = k_pos[:, None, :] - q_pos[:, :, None]  # [B|1, Lq, Lk]: j − i
   buckets = relative_position_bucket(rel, bidirectional, table_RxH.shape[0], max_distance)
-  values = jnp.take(table_RxH.astype(jnp.float32), buckets, axis=0)  # [B|1, Lq, Lk, H]
-  return jnp.transpose(values, (0, 3, 1, 2))
+  # Gathered from the [H, R] table straight into [H, B|1, Lq, Lk]: moving the head axis past a
+  # batch of 1 is free, where [B|1, Lq, Lk, H] -> [B|1, H, Lq, Lk] copied the whole term.
+  values = jnp.take(table_RxH.astype(jnp.float32).T, buckets, axis=1)
+  return jnp.moveaxis(values, 0, 1)
 
 
 class Encoding(_Base):
