@@ -1,0 +1,14 @@
+"""Entry points: ``experiments.run`` (one run), ``experiments.sweep`` (many), ``experiments.collect``.
+
+Before anything imports equinox (diffrax's base, for FLOATER): diffrax validates its inputs with
+``equinox`` checks that equinox lowers as host callbacks unless ``EQX_ON_ERROR=nan``. posenc's
+FLOATER builds those inputs itself (a fixed time grid), reports its own failures as values
+(``posenc.encodings.floater.solve_with_status``) and raises them explicitly, so in these entry
+points the checks become NaN guards instead: no host callback in any compiled program, which
+is what lets JAX's persistent compilation cache keep FLOATER's programs. A value set in the
+environment is kept.
+"""
+
+import os
+
+os.environ.setdefault("EQX_ON_ERROR", "nan")

@@ -50,7 +50,13 @@ class TrainingDiverged(RuntimeError):
 # (raised when the check runs outside jit, e.g. in ``model.init``). Matched by name and text so
 # that equinox stays optional here.
 _RUNTIME_ERROR_NAMES = {"JaxRuntimeError", "XlaRuntimeError", "EquinoxRuntimeError",
-                        "EqxRuntimeError", "_EquinoxRuntimeError", "EquinoxTracetimeError"}
+                        "EqxRuntimeError", "_EquinoxRuntimeError", "EquinoxTracetimeError",
+                        "SchemeRuntimeError"}
+
+
+class SchemeRuntimeError(RuntimeError):
+  """A scheme's computation failed at run time, as its ``diagnostics`` reported (e.g. FLOATER's
+  solver ran out of steps); the message names the config field that fixes it."""
 
 
 def runtime_error_message(e: BaseException) -> str | None:
@@ -408,6 +414,13 @@ def init_state(s: Setup, key: jax.Array) -> dict:
           "step": jnp.zeros((), jnp.int32)}
 
 
+def diagnostics(variables: dict) -> dict:
+  """``{name: value}`` of the ``"diagnostics"`` a module reported (by its own name, wherever
+  the module sits) in the mutable variables that ``model.apply`` returned."""
+  flat = jax.tree_util.tree_leaves_with_path(variables.get("diagnostics", {}))
+  return {str(path[-1].key): value for path, value in flat}
+
+
 def make_train_step(s: Setup) -> Callable:
   """``step(state, key) -> (state, metrics)``: sample, forward, backward, update; not yet jitted."""
   model = s.model(s.train_bound())
@@ -428,9 +441,13 @@ def make_train_step(s: Setup) -> Callable:
     batch = parallel.shard_batch(batch, mesh, batch_size)  # data parallel over all devices
 
     def loss_fn(params):
-      logits = model.apply({"params": params}, batch["tokens"], batch["positions"], batch["valid"],
-                           train=True, rngs={"dropout": k_drop})
-      return data_lib.loss_and_accuracy(logits, batch)
+      # "diagnostics": scalars a scheme reports instead of checking them mid-step (FLOATER's
+      # solver outcome and step count); they join the metrics.
+      logits, diag = model.apply({"params": params}, batch["tokens"], batch["positions"],
+                                 batch["valid"], train=True, rngs={"dropout": k_drop},
+                                 mutable=["diagnostics"])
+      loss, metrics = data_lib.loss_and_accuracy(logits, batch)
+      return loss, {**metrics, **diagnostics(diag)}
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -704,9 +721,17 @@ def eval_cache(s: Setup, params, num_seeds: int = 1) -> dict:
   def compute(params):
     def read(m):
       return {n: getattr(m.encoding, n) for n in names if hasattr(m.encoding, n)}
-    return model.apply({"params": params}, method=read)
+    # With "diagnostics" a scheme reports failures (FLOATER's solver) as values, checked
+    # below on the host, so the program has no host callback and the persistent compilation
+    # cache can keep it.
+    arrays, diag = model.apply({"params": params}, method=read, mutable=["diagnostics"])
+    return arrays, diagnostics(diag)
 
-  arrays = jax.jit(seeded(compute, num_seeds, seed_loop(s.config)))(params)
+  arrays, diag = jax.jit(seeded(compute, num_seeds, seed_loop(s.config)))(params)
+  cause = encodings.get(s.config.encoding.name).explain_failure(
+      jax.device_get(diag), s.config.encoding, max(s.eval_bound(p) for _, p in s.eval_buckets))
+  if cause is not None:
+    raise SchemeRuntimeError(cause)
   return {"cache": {"encoding": arrays}} if arrays else {}
 
 
@@ -846,6 +871,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
         if not (np.all(np.isfinite(stacked["loss"])) and np.all(np.isfinite(stacked["grad_norm"]))):
           bad = step - len(stacked["loss"]) + int(np.argmax(~(np.isfinite(stacked["loss"])
                                                                & np.isfinite(stacked["grad_norm"])))) + 1
+          cause = encodings.get(config.encoding.name).explain_failure(
+              stacked, config.encoding, s.train_bound())
+          if cause is not None:
+            raise TrainingDiverged(f"training failed at step {bad}: {cause}; {kept()}")
           raise TrainingDiverged(
               f"training diverged at step {bad}: loss or gradient norm is NaN/Inf; likely cause: "
               f"learning rate too high (config.train.learning_rate={config.train.learning_rate}) "
@@ -854,7 +883,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
         summary["mean_length"] = float(np.mean(stacked["length"]))
         writer.write(step, summary)
         if step % config.train.log_every == 0 or step == total:
-          progress.line(step, {k: summary[k] for k in ("loss", "accuracy", "grad_norm")})
+          shown = ("loss", "accuracy", "grad_norm", "ode_steps")  # ode_steps: FLOATER's solver
+          progress.line(step, {k: summary[k] for k in shown if k in summary})
         if save_now:
           mngr.save(step, args=ocp.args.StandardSave(state), force=(step == total))
           last_good = step

@@ -33,6 +33,7 @@ import time
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
+import experiments  # noqa: E402,F401 — before equinox: what experiments.run sets (EQX_ON_ERROR)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import logging  # noqa: E402

@@ -274,7 +274,7 @@ def describe(workdir: str, step: int, steps: list[int], state: dict, config: dic
     out.append(f"metrics: {len(metrics)} rows logged, steps {min(logged, default='?')}–"
                f"{max(logged, default='?')}; last (step {last.get('step')}): "
                + ", ".join(f"{k} {_fmt(last[k])}" for k in ("loss", "accuracy", "token_accuracy",
-                                                             "grad_norm") if k in last))
+                                                             "grad_norm", "ode_steps") if k in last))
   else:
     out.append("metrics: metrics.jsonl is missing or empty")
   if results:

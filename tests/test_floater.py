@@ -8,6 +8,7 @@ fairseq/models/flow_transformer.py (``proj_bias`` [3, layers, d] xavier_uniform,
 """
 
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -251,6 +252,66 @@ def test_stiff_dynamics_raise_a_clear_error_not_a_hang_or_nans():
 
 
 # ----------------------------------------------------------------------------- end to end
+
+def _host_callbacks(compiled) -> int:
+  return len(re.findall(r'custom_call_target="[^"]*callback[^"]*"', compiled.as_text()))
+
+
+def test_training_step_has_no_host_callbacks_and_reports_the_solver():
+  """The jitted training step never stops for Python: diffrax's checks resolve at trace time
+  (host-constant time grid) and the solve's outcome is a metric, not an ``eqx.error_if``."""
+  d = 8
+  params, p0 = _dyn(d), floater.init_p0(jax.random.PRNGKey(1), 3, 1, d)
+  # The detector works: the raising form does stop for the host.
+  assert _host_callbacks(jax.jit(lambda w: floater.solve(w, p0, 12)).lower(params).compile()) >= 1
+  ys, status, steps = jax.jit(lambda w: floater.solve_with_status(w, p0, 12))(params)
+  np.testing.assert_array_equal(ys, floater.solve(params, p0, 12))
+  assert int(status) == floater.OK and int(steps) >= 1
+  s = train.setup(helpers.config("floater"))
+  keys = train.root_keys(0)
+  state = train.init_state(s, keys["init"])
+  step = jax.jit(train.make_train_step(s)).lower(state, keys["train"]).compile()
+  assert _host_callbacks(step) == 0
+  _, metrics = step(state, keys["train"])
+  assert int(metrics["ode_status"]) == floater.OK and float(metrics["ode_steps"]) >= 1
+  # A failed solve is NaN everywhere, with its status (no host callback to raise it).
+  ys, status, _ = floater.solve_with_status(_dyn(d, scale=1e3), p0, 50, max_steps=16)
+  assert int(status) == floater.OUT_OF_STEPS and bool(jnp.all(jnp.isnan(ys)))
+
+
+def test_a_solver_failure_in_the_evaluation_table_is_a_clear_error():
+  # The evaluation table's program reports the solve too (no host callback); the host raises.
+  s = train.setup(helpers.config("floater", **{"encoding.max_steps": 16}))
+  params = train.init_state(s, jax.random.PRNGKey(0))["params"]
+  assert set(train.eval_cache(s, params)["cache"]["encoding"]) == {"table"}
+  enc = dict(params["encoding"])
+  enc["ode_w1"], enc["ode_w2"] = enc["ode_w1"] * 1e3, enc["ode_w2"] * 1e3
+  with pytest.raises(train.SchemeRuntimeError, match=r"FLOATER ODE solver: the solve to t=\S+ "
+                     r"\(\d+ positions\) did not finish within max_steps=16 .*config\.encoding\."
+                     r"max_steps") as info:
+    train.eval_cache(s, {**params, "encoding": enc})
+  assert train.runtime_error_message(info.value) == str(info.value).rstrip(" .;")
+
+
+def test_a_solver_failure_during_training_names_the_field_and_keeps_the_last_checkpoint(tmp_path):
+  # A large learning rate makes h stiff within a few steps; max_steps=4 is what the first
+  # solves need, so a later solve runs out of steps.
+  c = helpers.config("floater", **{"train.steps": 30, "train.learning_rate": 0.5,
+                                   "encoding.max_steps": 4, "train.log_every": 1,
+                                   "checkpoint.every_steps": 1, "eval.num_buckets": 1})
+  c.workdir = str(tmp_path / "stiff")
+  with pytest.raises(train.TrainingDiverged) as info:
+    train.train_and_evaluate(c, log=lambda *_: None)
+  msg = str(info.value)
+  found = re.match(r"training failed at step (\d+): FLOATER ODE solver: .* did not finish within "
+                   r"max_steps=4 .*config\.encoding\.max_steps.*; the last good checkpoint "
+                   r"\(step (\d+)\) is kept$", msg)
+  assert found and "\n" not in msg, msg
+  failed, kept = int(found.group(1)), int(found.group(2))
+  assert failed >= 2 and kept == failed - 1
+  assert train.load_params(c.workdir)[1] == kept
+  assert not (tmp_path / "stiff" / "results.json").exists()
+
 
 _FAST_EVAL = {"eval.num_buckets": 1}  # one evaluation program per run keeps the suite quick
 

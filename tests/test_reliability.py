@@ -205,7 +205,8 @@ def test_a_solver_error_inside_a_step_becomes_one_line(tmp_path, monkeypatch):
     def wrapped(state, key):
       new, metrics = step_fn(state, key)
       new["step"] = eqx.error_if(new["step"], new["step"] >= 3,
-                                 "FLOATER ODE solver: test failure. Raise config.encoding.max_steps.")
+                                 "FLOATER ODE solver: test failure. Raise config.encoding.max_steps.",
+                                 on_error="raise")  # whatever EQX_ON_ERROR experiments/ set
       return new, metrics
 
     return wrapped
@@ -228,8 +229,8 @@ def test_a_solver_error_during_evaluation_becomes_one_line(tmp_path, monkeypatch
   import equinox as eqx
 
   def failing_evaluate(s, params, key, log=None, num_seeds=1):
-    return jax.device_get(jax.jit(lambda x: eqx.error_if(x, x > 0, "FLOATER ODE solver: at length 9"))(
-        jnp.ones(())))
+    check = lambda x: eqx.error_if(x, x > 0, "FLOATER ODE solver: at length 9", on_error="raise")
+    return jax.device_get(jax.jit(check)(jnp.ones(())))
 
   monkeypatch.setattr(train, "evaluate", failing_evaluate)
   c = helpers.config("sinusoidal", **{"train.steps": 0})

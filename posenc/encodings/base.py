@@ -35,6 +35,11 @@ Class attributes a scheme may set:
   sequence ``[B|1, L]`` (xPos centres its scaling on them, the same in every decoding step).
 * ``LOGITS_MASK``: ``logits`` is also given ``mask=``, the boolean attention mask
   ``[B|1, 1, Lq, Lk]`` (which keys each query sees; CoPE counts only those).
+* ``"diagnostics"`` collection: in the training step a module may ``put_variable`` scalars
+  there (when ``is_mutable_collection("diagnostics")``); they become metrics of the step
+  (FLOATER: ``ode_status``, ``ode_steps``), and ``explain_failure`` turns them into the error
+  message when the loss goes NaN. This keeps runtime checks out of the compiled step (no host
+  callbacks).
 * ``SHARD_MAP``: False when the scheme's gradients cannot be taken inside ``jax.shard_map``
   (FLOATER: equinox's checkpointed while loops in diffrax, diffrax issue #765); seeds split
   over devices then use the partitioned form (``posenc.train.seeded``, ``shard_spmd``).
@@ -115,6 +120,12 @@ class Encoding(nn.Module):
   def check(self, max_position: int) -> None:
     """Raises ConfigError if positions up to ``max_position - 1`` cannot be encoded."""
     del max_position
+
+  @classmethod
+  def explain_failure(cls, diagnostics: dict, encoding_config, num_positions: int) -> str | None:
+    """Why training went NaN, read from the ``diagnostics`` metrics; None: no known cause."""
+    del diagnostics, encoding_config, num_positions
+    return None
 
   @classmethod
   def hooks(cls) -> tuple[str, ...]:

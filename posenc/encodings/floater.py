@@ -32,7 +32,15 @@ Conventions (as in the official code, xuanqing94/FLOATER, ``fairseq/modules/flow
   layer (``p(0)`` is ``[1, layers, d]``). The hook of the mode not chosen is the identity.
 
 Public math: :func:`vector_field` (``h``), :func:`init_dynamics`, :func:`init_p0`,
-:func:`solve`, :func:`solve_stats`, :func:`lookup`; :func:`solver_stats` for benchmarks.
+:func:`solve`, :func:`solve_with_status`, :func:`solve_stats`, :func:`lookup`;
+:func:`solver_stats` for benchmarks.
+
+Failures (the solver running out of ``max_steps``, a blow-up to NaN/Inf) are clear errors that
+name the config field to change. :func:`solve` raises them through ``eqx.branched_error_if`` (a
+host callback). The training step and the evaluation table use :func:`solve_with_status`
+instead, so no compiled program stops for Python: the outcome and the step count become the
+metrics ``ode_status`` and ``ode_steps`` (shown in the progress lines), and the host raises
+the same message when the loss turns NaN (``Encoding.explain_failure``).
 
 Extrapolation = integrate further: a program whose positions are below ``max_position`` solves
 ``max_position`` rows, whatever the training length was. Randomized positions work because rows
@@ -137,8 +145,10 @@ class RK4(diffrax.AbstractERK):
     return 4
 
 
-def _time_grid(num_positions: int, dt: float, dtype) -> jax.Array:
-  return jnp.arange(num_positions, dtype=dtype) * jnp.asarray(dt, dtype)
+def _time_grid(num_positions: int, dt: float, dtype) -> np.ndarray:
+  # A host constant, not a traced array: diffrax's runtime checks on ``ts`` then see constants,
+  # which XLA folds away, so no host callback is left in the compiled program.
+  return np.arange(num_positions, dtype=dtype) * np.asarray(dt, dtype)
 
 
 def _diffeqsolve(params, p0, num_positions: int, *, dynamics: Dynamics, dt: float, method: str,
@@ -165,8 +175,9 @@ def _diffeqsolve(params, p0, num_positions: int, *, dynamics: Dynamics, dt: floa
   else:
     adj = diffrax.BacksolveAdjoint()
   term = diffrax.ODETerm(lambda t, y, args: dynamics(args, t, y))
+  # t0, t1 as Python floats are static, so diffrax checks them while tracing.
   return diffrax.diffeqsolve(
-      term, solver, t0=ts[0], t1=ts[-1], dt0=dt0, y0=p0, args=params,
+      term, solver, t0=float(ts[0]), t1=float(ts[-1]), dt0=dt0, y0=p0, args=params,
       saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller, adjoint=adj,
       max_steps=max_steps, throw=False)
 
@@ -198,20 +209,49 @@ def solve(params: Any, p0: jax.Array, num_positions: int, *, dynamics: Dynamics 
   Returns:
     ``[num_positions, *p0.shape]`` in float32 (float64 if ``p0`` is): row ``k`` is ``p(k·dt)``.
   """
+  ys, status, _ = solve_with_status(
+      params, p0, num_positions, dynamics=dynamics, dt=dt, method=method, rtol=rtol, atol=atol,
+      max_steps=max_steps, adjoint=adjoint, rk4_substeps=rk4_substeps, checkpoints=checkpoints)
+  return eqx.branched_error_if(ys, status != OK, jnp.maximum(status - 1, 0),
+                               failure_messages(num_positions, dt, max_steps), on_error="raise")
+
+
+# Outcomes of a solve (``solve_with_status``).
+OK, OUT_OF_STEPS, NONFINITE = 0, 1, 2
+
+
+def failure_messages(num_positions: int, dt: float, max_steps: int) -> tuple[str, str]:
+  """The errors for ``OUT_OF_STEPS`` and ``NONFINITE``, naming the config fields that fix them."""
+  fill = dict(t1=(num_positions - 1) * dt, n=num_positions, max_steps=max_steps)
+  return _MAX_STEPS_MSG.format(**fill), _NONFINITE_MSG.format(**fill)
+
+
+def solve_with_status(params: Any, p0: jax.Array, num_positions: int, *,
+                      dynamics: Dynamics = vector_field, dt: float = 0.01, method: str = "tsit5",
+                      rtol: float = 1e-3, atol: float = 1e-6, max_steps: int = 4096,
+                      adjoint: str = "recursive", rk4_substeps: int = 5,
+                      checkpoints: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """:func:`solve` without a host callback: ``(table, status, num_steps)``.
+
+  ``status`` (int32) is ``OK``, ``OUT_OF_STEPS`` or ``NONFINITE``; on failure every row of
+  ``table`` is NaN, so nothing downstream looks healthy. ``num_steps`` counts the solver's
+  steps (accepted and rejected). The training step uses this form and reports both as metrics,
+  so it never stops for Python mid-step (:func:`solve`'s check is a host callback).
+  """
   p0 = jnp.asarray(p0)
   if num_positions < 1:
     raise ValueError(f"num_positions must be >= 1, got {num_positions}")
   if num_positions == 1:  # t0 == t1: nothing to integrate
-    return p0.astype(jnp.result_type(p0.dtype, jnp.float32))[None]
+    zero = jnp.zeros((), jnp.int32)
+    return p0.astype(jnp.result_type(p0.dtype, jnp.float32))[None], zero, zero
   sol = _diffeqsolve(params, p0, num_positions, dynamics=dynamics, dt=dt, method=method,
                      rtol=rtol, atol=atol, max_steps=max_steps, adjoint=adjoint,
                      rk4_substeps=rk4_substeps, checkpoints=checkpoints)
-  ys = sol.ys
   failed = sol.result != diffrax.RESULTS.successful
-  nonfinite = ~jnp.all(jnp.isfinite(ys))
-  fill = dict(t1=(num_positions - 1) * dt, n=num_positions, max_steps=max_steps)
-  return eqx.branched_error_if(ys, failed | nonfinite, jnp.where(failed, 0, 1),
-                               (_MAX_STEPS_MSG.format(**fill), _NONFINITE_MSG.format(**fill)))
+  nonfinite = ~jnp.all(jnp.isfinite(sol.ys))
+  status = jnp.where(failed, OUT_OF_STEPS, jnp.where(nonfinite, NONFINITE, OK)).astype(jnp.int32)
+  ys = jnp.where(status == OK, sol.ys, jnp.nan)
+  return ys, status, sol.stats["num_steps"].astype(jnp.int32)
 
 
 def solve_stats(params: Any, p0: jax.Array, num_positions: int, *,
@@ -314,10 +354,31 @@ class Encoding(_Base):
     # Once per forward pass, independent of the batch: every position below the static bound,
     # every layer and stream in one ODE state. Evaluation solves once for its longest length
     # and hands the table to every program through the "cache" collection (EVAL_CACHE).
+    # The training step asks for "diagnostics": the solve's outcome and step count are then
+    # reported as metrics instead of checked by a host callback inside the step.
     if self.has_variable("cache", "table"):
       self.table = self.get_variable("cache", "table")
+    elif self.is_mutable_collection("diagnostics") and not self.is_initializing():
+      self.table, status, steps = solve_with_status(
+          self.dynamics_params, self.p0, self.dims.max_position, **self.solver_kwargs())
+      self.put_variable("diagnostics", "ode_status", status)
+      self.put_variable("diagnostics", "ode_steps", steps.astype(jnp.float32))
     else:
       self.table = solve(self.dynamics_params, self.p0, self.dims.max_position, **self.solver_kwargs())
+
+  @classmethod
+  def explain_failure(cls, diagnostics: dict, encoding_config, num_positions: int) -> str | None:
+    """Why training steps went NaN, from their ``diagnostics`` metrics; None if not the solver.
+
+    ``diagnostics``: metric name -> array over steps (and seeds); ``encoding_config``: the
+    run's ``config.encoding``; ``num_positions``: rows the training step solves.
+    """
+    status = np.asarray(diagnostics.get("ode_status", OK)).reshape(-1)
+    bad = np.flatnonzero(status != OK)
+    if not bad.size:
+      return None
+    msgs = failure_messages(num_positions, encoding_config.dt, encoding_config.max_steps)
+    return msgs[int(status[bad[0]]) - 1]
 
   def solver_kwargs(self) -> dict:
     """The options of :func:`solve` this module uses."""
