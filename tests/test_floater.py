@@ -9,6 +9,9 @@ fairseq/models/flow_transformer.py (``proj_bias`` [3, layers, d] xavier_uniform,
 
 import os
 import re
+import subprocess
+import sys
+import textwrap
 
 import flax.linen as nn
 import jax
@@ -277,6 +280,26 @@ def test_training_step_has_no_host_callbacks_and_reports_the_solver():
   # A failed solve is NaN everywhere, with its status (no host callback to raise it).
   ys, status, _ = floater.solve_with_status(_dyn(d, scale=1e3), p0, 50, max_steps=16)
   assert int(status) == floater.OUT_OF_STEPS and bool(jnp.all(jnp.isnan(ys)))
+
+
+def test_entry_points_trace_the_step_without_host_callbacks():
+  """JAX runs a program whose traced form has a host callback synchronously (no queuing of the
+  next step), even when XLA folds the callback away; experiments/ sets EQX_ON_ERROR=nan so that
+  diffrax's input checks trace as NaN guards. Fresh process: equinox reads it at import."""
+  code = textwrap.dedent("""
+      import experiments, jax
+      from posenc import train
+      from tests import helpers
+      s = train.setup(helpers.config("floater"))
+      keys = train.root_keys(0)
+      state = train.init_state(s, keys["init"])
+      print("CALLBACKS", str(jax.jit(train.make_train_step(s)).trace(state, keys["train"]).jaxpr).count("callback"))
+  """)
+  env = {**{k: v for k, v in os.environ.items() if k != "EQX_ON_ERROR"}, "JAX_PLATFORMS": "cpu"}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert "CALLBACKS 0" in out.stdout, out.stdout + out.stderr[-2000:]
 
 
 def test_a_solver_failure_in_the_evaluation_table_is_a_clear_error():

@@ -40,7 +40,11 @@ name the config field to change. :func:`solve` raises them through ``eqx.branche
 host callback). The training step and the evaluation table use :func:`solve_with_status`
 instead, so no compiled program stops for Python: the outcome and the step count become the
 metrics ``ode_status`` and ``ode_steps`` (shown in the progress lines), and the host raises
-the same message when the loss turns NaN (``Encoding.explain_failure``).
+the same message when the loss turns NaN (``Encoding.explain_failure``). diffrax's own input
+checks (on the time grid) are still equinox callbacks in the traced program unless
+``EQX_ON_ERROR=nan`` is set before equinox is imported, as posenc's entry points do
+(``experiments/__init__.py``): JAX runs any program with a host callback synchronously, which
+cost FLOATER's training step about 7% on a 2-core CPU.
 
 Extrapolation = integrate further: a program whose positions are below ``max_position`` solves
 ``max_position`` rows, whatever the training length was. Randomized positions work because rows
