@@ -10,7 +10,9 @@ compiled, peak memory, and model FLOP utilisation (XLA's FLOP count of the step 
 time, against this machine's dense-matmul rate measured in the same run). Ratios against
 sinusoidal are what the targets are stated in: after the per-scheme pass, every training
 step is timed again in ``--rounds`` rounds in which the schemes take turns, and the table
-reports the medians, so that load on a shared machine falls on all schemes alike. Then
+reports the medians, so that load on a shared machine falls on all schemes alike
+(``--eval_rounds`` does the same for the evaluations, each from empty compilation caches;
+the table splits off the seconds an evaluation spends tracing and compiling). Then
 ``num_seeds = 8`` against 8 single-seed runs (``--seed_runs``: whole ``experiments.run``
 processes). Prints Markdown tables and writes JSON.
 
@@ -43,9 +45,22 @@ from posenc import encodings, train  # noqa: E402
 logging.set_verbosity(logging.ERROR)
 
 _COMPILES = []
+_COMPILE_S = [0.0]  # seconds spent tracing, lowering and compiling programs, all of them
 _STEPS: dict[str, dict] = {}  # scheme -> its compiled training step, for the interleaved timing
-jax.monitoring.register_event_duration_secs_listener(
-    lambda name, secs, **kw: _COMPILES.append(secs) if name == "/jax/core/compile/backend_compile_duration" else None)
+_EVALS: dict[str, tuple] = {}  # scheme -> (setup, params, eval key), for the interleaved evaluations
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+def _on_duration(name: str, secs: float, **kw) -> None:
+  if name == "/jax/core/compile/backend_compile_duration":
+    _COMPILES.append(secs)
+  if name in _COMPILE_EVENTS:
+    _COMPILE_S[0] += secs
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
 
 
 def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
@@ -120,13 +135,15 @@ def bench_scheme(scheme: str, args, rate: float) -> dict:
   tokens = c.train.batch_size * s.train_padded
 
   n0 = len(_COMPILES)
-  t = time.perf_counter()
-  train.evaluate(s, state["params"], keys["eval"], log=None)
-  eval_s = time.perf_counter() - t
+  eval_s, eval_compile_s = time_evaluation(s, state["params"], keys["eval"])
+  eval_programs = len(_COMPILES) - n0
+  # A copy: the interleaved step timing donates (deletes) the state's own buffers.
+  _EVALS[scheme] = (s, jax.tree_util.tree_map(jnp.copy, state["params"]), keys["eval"])
   row = {
       "scheme": scheme, "mode": "decoder" if s.causal else "encoder",
       "compile_s": compile_s, "step_ms": 1e3 * step_s, "steps_per_s": 1 / step_s,
-      "tokens_per_s": tokens / step_s, "eval_s": eval_s, "eval_programs": len(_COMPILES) - n0,
+      "tokens_per_s": tokens / step_s, "eval_s": eval_s, "eval_compile_s": eval_compile_s,
+      "eval_programs": eval_programs,
       "eval_buckets": len(s.eval_buckets), "peak_mem_mb": peak_memory_mb(),
       "step_gflop": flops / 1e9, "mfu": (flops / step_s) / rate if flops else None,
   }
@@ -137,6 +154,37 @@ def bench_scheme(scheme: str, args, rate: float) -> dict:
     except Exception as e:  # noqa: BLE001 — a stat we can live without
       row["ode_steps"] = f"n/a ({type(e).__name__})"
   return row
+
+
+def time_evaluation(s, params, key) -> tuple[float, float]:
+  """Evaluates as a run does (every program traced and compiled, then run), timed: returns
+  (wall seconds, of which seconds spent tracing, lowering and compiling). The compilation
+  share is a fixed cost per run; the rest grows with ``eval.samples_per_length``."""
+  c0 = _COMPILE_S[0]
+  t = time.perf_counter()
+  train.evaluate(s, params, key, log=None)
+  return time.perf_counter() - t, _COMPILE_S[0] - c0
+
+
+def interleaved_evaluations(rows: list[dict], rounds: int) -> None:
+  """Times every scheme's evaluation again in ``rounds`` rounds, the schemes taking turns,
+  each from empty compilation caches (as a fresh run starts), and puts the medians in
+  ``rows``. One evaluation of 41..500 takes half a minute, and a shared machine's load
+  moves it by several percent between two measurements; medians of interleaved rounds
+  are what eval ratios should be read from."""
+  samples = {name: [] for name in _EVALS}
+  for _ in range(rounds):
+    for name, (s, params, key) in _EVALS.items():
+      jax.clear_caches()  # the compiled training steps are kept (ahead-of-time objects)
+      samples[name].append(time_evaluation(s, params, key))
+  for row in rows:
+    got = samples.get(row["scheme"])
+    if not got:
+      continue
+    row.update({"eval_s": statistics.median(t for t, _ in got),
+                "eval_compile_s": statistics.median(c for _, c in got),
+                "eval_s_rounds": [round(t, 2) for t, _ in got],
+                "eval_compile_s_rounds": [round(c, 2) for _, c in got]})
 
 
 def interleaved_steps(rows: list[dict], args, rate: float) -> None:
@@ -266,17 +314,18 @@ def bench_seeds(args, num_seeds: int = 8) -> dict:
 
 def markdown(rows: list[dict], base: dict | None, eval_range: str = "41–500") -> str:
   head = (f"| scheme | mode | compile s | step ms | × sinusoidal | tokens/s | eval {eval_range} s | "
-          "eval × sin. | eval programs | peak MB | MFU |")
-  lines = [head, "|---" * 11 + "|"]
+          "of which compiling | eval × sin. | eval programs | peak MB | MFU |")
+  lines = [head, "|---" * 12 + "|"]
   for r in rows:
     if "error" in r:
-      lines.append(f"| {r['scheme']} | error: {r['error']} |" + " |" * 9)
+      lines.append(f"| {r['scheme']} | error: {r['error']} |" + " |" * 10)
       continue
     ratio = r["step_ms"] / base["step_ms"] if base else float("nan")
     eratio = r["eval_s"] / base["eval_s"] if base else float("nan")
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"
     lines.append(f"| {r['scheme']} | {r['mode']} | {r['compile_s']:.1f} | {r['step_ms']:.1f} | {ratio:.2f} | "
-                 f"{r['tokens_per_s']:,.0f} | {r['eval_s']:.1f} | {eratio:.2f} | {r['eval_programs']} | "
+                 f"{r['tokens_per_s']:,.0f} | {r['eval_s']:.1f} | {r['eval_compile_s']:.1f} | {eratio:.2f} | "
+                 f"{r['eval_programs']} | "
                  f"{r['peak_mem_mb']:.0f} | {mfu} |")
   return "\n".join(lines)
 
@@ -299,6 +348,9 @@ def main() -> None:
                  help="also time whole default-preset runs: 8 single-seed runs vs one 8-seed run")
   p.add_argument("--rounds", type=int, default=5,
                  help="interleaved timing rounds (schemes take turns; the median is reported)")
+  p.add_argument("--eval_rounds", type=int, default=0,
+                 help="also time every evaluation again in this many interleaved rounds (each "
+                 "from empty compilation caches) and report the medians; 0: the single pass")
   p.add_argument("--seed_step_worker", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.seed_step_worker:
@@ -322,6 +374,9 @@ def main() -> None:
     print(json.dumps(row), flush=True)
   print(f"timing the training steps again, {args.rounds} interleaved rounds ...", flush=True)
   interleaved_steps(rows, args, rate)
+  if args.eval_rounds:
+    print(f"timing the evaluations again, {args.eval_rounds} interleaved rounds ...", flush=True)
+    interleaved_evaluations(rows, args.eval_rounds)
   base = next((r for r in rows if r["scheme"] == "sinusoidal" and "error" not in r), None)
   table = markdown(rows, base, f"{args.eval_min}–{args.eval_max}")
   print(table)
