@@ -173,12 +173,21 @@ def interleaved_evaluations(rows: list[dict], rounds: int) -> None:
   moves it by several percent between two measurements; medians of interleaved rounds
   are what eval ratios should be read from."""
   samples = {name: [] for name in _EVALS}
+  failed: dict[str, str] = {}
   for _ in range(rounds):
     for name, (s, params, key) in _EVALS.items():
+      if name in failed:
+        continue
       jax.clear_caches()  # the compiled training steps are kept (ahead-of-time objects)
-      samples[name].append(time_evaluation(s, params, key))
+      try:
+        samples[name].append(time_evaluation(s, params, key))
+      except Exception as e:  # noqa: BLE001 — the other schemes' rounds still count
+        failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
   for row in rows:
     got = samples.get(row["scheme"])
+    if row["scheme"] in failed:  # keep the first pass's numbers, say why there are no rounds
+      row["eval_rounds_error"] = failed[row["scheme"]]
+      continue
     if not got:
       continue
     row.update({"eval_s": statistics.median(t for t, _ in got),

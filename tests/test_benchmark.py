@@ -42,3 +42,23 @@ def test_benchmark_script_writes_tables_interleaved_medians_and_seed_speedups(tm
   for key in ("speedup", "speedup_mapped", "speedup_auto"):
     assert seeds[key] > 0
   assert abs(seeds["speedup_auto"] - seeds["sequential_s_per_step"] / seeds["auto_s_per_step"]) < 1e-9
+
+
+def test_a_scheme_failing_in_the_evaluation_rounds_keeps_its_first_pass_and_the_others(monkeypatch):
+  from scripts import benchmark
+
+  def fake_time_evaluation(s, params, key):
+    if s == "broken":
+      raise RuntimeError("solver failed\nmore detail")
+    return {"a": (10.0, 2.0), "b": (20.0, 3.0)}[s]
+
+  monkeypatch.setattr(benchmark, "time_evaluation", fake_time_evaluation)
+  monkeypatch.setattr(benchmark, "_EVALS", {n: (n, None, None) for n in ("a", "broken", "b")})
+  rows = [{"scheme": "a", "eval_s": 1.0}, {"scheme": "broken", "eval_s": 5.0},
+          {"scheme": "b", "eval_s": 1.0}]
+  benchmark.interleaved_evaluations(rows, rounds=3)
+  a, broken, b = rows
+  assert a["eval_s_rounds"] == [10.0] * 3 and a["eval_s"] == 10.0 and a["eval_compile_s"] == 2.0
+  assert b["eval_s_rounds"] == [20.0] * 3 and b["eval_s"] == 20.0
+  assert broken["eval_s"] == 5.0 and "eval_s_rounds" not in broken
+  assert broken["eval_rounds_error"] == "RuntimeError: solver failed"
