@@ -14,7 +14,8 @@ reports the medians, so that load on a shared machine falls on all schemes alike
 (``--eval_rounds`` does the same for the evaluations, each from empty compilation caches;
 the table splits off the seconds an evaluation spends tracing and compiling). Then
 ``num_seeds = 8`` against 8 single-seed runs (``--seed_runs``: whole ``experiments.run``
-processes). Prints Markdown tables and writes JSON.
+processes). Prints Markdown tables and writes JSON (``--out``; what is measured so far goes to
+``<out>.partial`` as the run goes, and replaces ``--out`` when the run completes).
 
 This is a script, not a test: timings depend on the machine and its load.
 """
@@ -339,6 +340,16 @@ def markdown(rows: list[dict], base: dict | None, eval_range: str = "41–500") 
   return "\n".join(lines)
 
 
+def save_partial(out: dict, path: str) -> None:
+  """Writes what has been measured so far to ``<path>.partial`` (whole, via a temporary file),
+  so a benchmark stopped half an hour in keeps its numbers; ``path`` itself, perhaps an earlier
+  run's, is replaced only when the benchmark completes."""
+  tmp = path + ".partial.tmp"
+  with open(tmp, "w") as f:
+    json.dump(out, f, indent=2)
+  os.replace(tmp, path + ".partial")
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--schemes", default="", help="comma-separated (default: all)")
@@ -373,7 +384,9 @@ def main() -> None:
   machine = f"{dev.platform}:{dev.device_kind}, {os.cpu_count()} CPUs, {platform.machine()}"
   rate = matmul_rate()
   print(f"machine: {machine}; dense f32 matmul {rate / 1e9:.1f} GFLOP/s", flush=True)
-  rows = []
+  rows, lm_rows = [], []
+  out = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "matmul_gflops": rate / 1e9,
+         "args": vars(args), "rows": rows, "lm_rows": lm_rows}
   for scheme in schemes:
     try:
       row = bench_scheme(scheme, args, rate)
@@ -381,6 +394,7 @@ def main() -> None:
       row = {"scheme": scheme, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
     rows.append(row)
     print(json.dumps(row), flush=True)
+    save_partial(out, args.out)
   print(f"timing the training steps again, {args.rounds} interleaved rounds ...", flush=True)
   interleaved_steps(rows, args, rate)
   if args.eval_rounds:
@@ -389,8 +403,9 @@ def main() -> None:
   base = next((r for r in rows if r["scheme"] == "sinusoidal" and "error" not in r), None)
   table = markdown(rows, base, f"{args.eval_min}–{args.eval_max}")
   print(table)
+  out["markdown"] = table
+  save_partial(out, args.out)
 
-  lm_rows = []
   lm_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "lm")
   lm_schemes = [x for x in args.lm.split(",") if x] or sorted(
       f[:-3] for f in os.listdir(lm_dir) if f.endswith(".py") and f not in ("__init__.py", "base.py")) \
@@ -402,6 +417,7 @@ def main() -> None:
       row = {"scheme": scheme, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
     lm_rows.append(row)
     print(json.dumps(row), flush=True)
+    save_partial(out, args.out)
   lm_table = "\n".join(
       ["| LM scheme | step ms | tokens/s | step GFLOP | MFU |", "|---|---|---|---|---|"] +
       [f"| {r['scheme']} | error: {r['error']} | | | |" if "error" in r else
@@ -420,11 +436,9 @@ def main() -> None:
     if "run_speedup" in seeds:
       print(f"num_seeds=8 whole runs: 8 single-seed runs {seeds['sequential_runs_s']:.1f} s, one "
             f"8-seed run {seeds['one_run_s']:.1f} s ({seeds['run_speedup']:.2f}x)")
-  out = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "matmul_gflops": rate / 1e9,
-         "args": vars(args), "rows": rows, "markdown": table, "lm_rows": lm_rows,
-         "lm_markdown": lm_table, "seeds": seeds}
-  with open(args.out, "w") as f:
-    json.dump(out, f, indent=2)
+  out.update({"lm_markdown": lm_table, "seeds": seeds})
+  save_partial(out, args.out)
+  os.replace(args.out + ".partial", args.out)  # complete: only now is an earlier file replaced
   print(f"wrote {args.out}")
 
 

@@ -22,6 +22,7 @@ def test_benchmark_script_writes_tables_interleaved_medians_and_seed_speedups(tm
   done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   d = json.loads(out.read_text())
+  assert not os.path.exists(f"{out}.partial")  # the progress file became the result
   rows = {r["scheme"]: r for r in d["rows"]}
   assert list(rows) == ["sinusoidal", "alibi"]  # the baseline first
   for r in rows.values():
