@@ -19,7 +19,7 @@ import math
 import os
 import re
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -592,15 +592,28 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: dict) -> tuple[d
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | None = print,
-             num_seeds: int = 1, greedy: bool = False):
-  """Scores every length in ``[eval.min_length, eval.max_length]``; one program per bucket.
+@dataclasses.dataclass
+class EvalProgram:
+  """One evaluation bucket: its compiled-on-first-call program and the calls that run it.
 
-  Returns ``{length: teacher-forced accuracy}``. With ``num_seeds > 1``, ``params`` and
-  ``key`` carry a leading seed axis, the seeds run inside each program (vmapped or mapped,
-  :func:`seed_loop`), and a list of per-seed dicts is returned. With ``greedy`` (a decoder), each program also decodes the
-  answers greedily with a key/value cache (``posenc.decoding``) and the return value is
-  ``(accuracy, exact_match, greedy_token_accuracy)``, each as above.
+  ``score(*args)`` returns the bucket's sums for one length and chunk (per seed with several
+  seeds): ``[sum of sequence scores, count]`` (+ greedy exact-match and token sums).
+  ``calls`` lists ``(length, args)`` for every evaluated length and chunk, in order.
+  """
+  lengths: list[int]
+  padded: int
+  micro: int
+  score: Callable
+  calls: list[tuple[int, tuple]]
+
+
+def evaluation_programs(s: Setup, params, key: jax.Array, *, num_seeds: int = 1,
+                        greedy: bool = False) -> Iterator[EvalProgram]:
+  """The evaluation of :func:`evaluate` as one :class:`EvalProgram` per bucket, in order.
+
+  The scheme's evaluation cache (:func:`eval_cache`) is computed when the first program is
+  asked for. Nothing is compiled until a program is first called. :func:`evaluate` runs them;
+  ``scripts/benchmark.py`` also times their calls one by one.
   """
   e = s.config.eval
   mesh = data_mesh(s.config)
@@ -609,8 +622,6 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
   batch_size = min(e.batch_size, e.samples_per_length)
   chunks = math.ceil(e.samples_per_length / batch_size)
   output_offset = data_lib.NUM_SPECIAL + s.task.input_vocab_size
-  sums: dict[int, list] = {}
-  t0 = time.perf_counter()
   for lengths, padded in s.eval_buckets:
     model = s.model(s.eval_bound(padded))
     batch_fn = data_lib.make_batch_fn(
@@ -649,12 +660,30 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
       return seeded(one, num_seeds, how)(params, cache, key)
 
     score = jax.jit(score_seeds, out_shardings=parallel.replicated(mesh) if mesh.size > 1 else None)
+    calls = [(length, (params, cache, key, i, c))
+             for i, length in enumerate(lengths) for c in range(chunks)]
+    yield EvalProgram(list(lengths), padded, micro, score, calls)
 
-    for i, length in enumerate(lengths):
-      sums[length] = [score(params, cache, key, i, c) for c in range(chunks)]
+
+def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | None = print,
+             num_seeds: int = 1, greedy: bool = False):
+  """Scores every length in ``[eval.min_length, eval.max_length]``; one program per bucket.
+
+  Returns ``{length: teacher-forced accuracy}``. With ``num_seeds > 1``, ``params`` and
+  ``key`` carry a leading seed axis, the seeds run inside each program (vmapped or mapped,
+  :func:`seed_loop`), and a list of per-seed dicts is returned. With ``greedy`` (a decoder), each program also decodes the
+  answers greedily with a key/value cache (``posenc.decoding``) and the return value is
+  ``(accuracy, exact_match, greedy_token_accuracy)``, each as above.
+  """
+  batch_size = min(s.config.eval.batch_size, s.config.eval.samples_per_length)
+  sums: dict[int, list] = {}
+  t0 = time.perf_counter()
+  for prog in evaluation_programs(s, params, key, num_seeds=num_seeds, greedy=greedy):
+    for length, args in prog.calls:  # dispatched without waiting: the host runs ahead
+      sums.setdefault(length, []).append(prog.score(*args))
     if log:
-      passes = f", {micro} rows per pass" if micro < batch_size else ""
-      log(f"eval: lengths {lengths[0]}–{lengths[-1]} (padded to {padded}{passes}) "
+      passes = f", {prog.micro} rows per pass" if prog.micro < batch_size else ""
+      log(f"eval: lengths {prog.lengths[0]}–{prog.lengths[-1]} (padded to {prog.padded}{passes}) "
           f"dispatched, {time.perf_counter() - t0:.1f}s")
   metrics = 3 if greedy else 1
   per_seed = [[{} for _ in range(num_seeds)] for _ in range(metrics)]

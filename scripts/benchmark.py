@@ -12,7 +12,9 @@ sinusoidal are what the targets are stated in: after the per-scheme pass, every 
 step is timed again in ``--rounds`` rounds in which the schemes take turns, and the table
 reports the medians, so that load on a shared machine falls on all schemes alike
 (``--eval_rounds`` does the same for the evaluations, each from empty compilation caches;
-the table splits off the seconds an evaluation spends tracing and compiling). Then
+the table splits off the seconds an evaluation spends tracing and compiling;
+``--eval_calls`` times the compiled evaluation programs call by call, the schemes taking
+turns on every call, for a per-sample ratio that noise between whole evaluations hides). Then
 ``num_seeds = 8`` against 8 single-seed runs (``--seed_runs``: whole ``experiments.run``
 processes). Prints Markdown tables and writes JSON (``--out``; what is measured so far goes to
 ``<out>.partial`` as the run goes, and replaces ``--out`` when the run completes).
@@ -197,6 +199,67 @@ def interleaved_evaluations(rows: list[dict], rounds: int) -> None:
                 "eval_compile_s_rounds": [round(c, 2) for _, c in got]})
 
 
+def interleaved_eval_calls(rows: list[dict], rounds: int) -> None:
+  """Times the evaluation's compiled programs call by call, the schemes taking turns on every
+  call, and puts per-call totals and their ratio to sinusoidal in ``rows``.
+
+  Every bucket's program is compiled first (not timed). Then, in each round, call ``j`` of
+  every scheme (one length and chunk: the same lengths and samples for all of them) runs
+  back to back, each waited for, in an order that rotates with ``j``. What the machine does
+  meanwhile falls on all schemes within a fraction of a second, so the ratio is what a
+  whole evaluation's rounds cannot resolve: the per-sample cost with compiling set aside,
+  the part that grows with ``eval.samples_per_length``.
+  """
+  calls: dict[str, list] = {}
+  failed: dict[str, str] = {}
+  for name, (s, params, key) in _EVALS.items():
+    try:
+      progs = list(train.evaluation_programs(s, params, key))
+      for prog in progs:  # compile every bucket's program before anything is timed
+        jax.block_until_ready(prog.score(*prog.calls[0][1]))
+      calls[name] = [(prog.score, args) for prog in progs for _, args in prog.calls]
+    except Exception as e:  # noqa: BLE001 — the other schemes still count
+      failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+  counts = {len(c) for c in calls.values()}
+  if len(counts) > 1:  # not the same evaluation: per-call ratios would compare different work
+    raise ValueError(f"schemes evaluate different numbers of calls: "
+                     f"{ {n: len(c) for n, c in calls.items()} }")
+  n = counts.pop() if counts else 0
+  totals: dict[str, list[float]] = {name: [] for name in calls}
+  names = list(calls)
+  for _ in range(rounds):
+    spent = dict.fromkeys(names, 0.0)
+    for j in range(n):
+      turn = j % len(names)
+      for name in names[turn:] + names[:turn]:
+        if name in failed:
+          continue
+        score, args = calls[name][j]
+        t = time.perf_counter()
+        try:
+          jax.block_until_ready(score(*args))
+        except Exception as e:  # noqa: BLE001
+          failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        spent[name] += time.perf_counter() - t
+    for name in names:
+      if name not in failed:
+        totals[name].append(spent[name])
+  base = totals.get("sinusoidal") if "sinusoidal" not in failed else None
+  for row in rows:
+    name = row["scheme"]
+    if name in failed:
+      row["eval_calls_error"] = failed[name]
+      continue
+    got = totals.get(name)
+    if not got:
+      continue
+    row.update({"eval_calls_s": statistics.median(got), "eval_calls_s_rounds": [round(t, 5) for t in got]})
+    if base:
+      ratios = [t / b for t, b in zip(got, base)]
+      row.update({"eval_calls_ratio": statistics.median(ratios),
+                  "eval_calls_ratio_rounds": [round(x, 4) for x in ratios]})
+
+
 def interleaved_steps(rows: list[dict], args, rate: float) -> None:
   """Re-times every scheme's training step in ``args.rounds`` rounds, the schemes taking
   turns within each round, and puts the median in ``rows`` (step ms, tokens/s, MFU).
@@ -324,17 +387,19 @@ def bench_seeds(args, num_seeds: int = 8) -> dict:
 
 def markdown(rows: list[dict], base: dict | None, eval_range: str = "41–500") -> str:
   head = (f"| scheme | mode | compile s | step ms | × sinusoidal | tokens/s | eval {eval_range} s | "
-          "of which compiling | eval × sin. | eval programs | peak MB | MFU |")
-  lines = [head, "|---" * 12 + "|"]
+          "of which compiling | eval × sin. | per call × sin. | eval programs | peak MB | MFU |")
+  lines = [head, "|---" * 13 + "|"]
   for r in rows:
     if "error" in r:
-      lines.append(f"| {r['scheme']} | error: {r['error']} |" + " |" * 10)
+      lines.append(f"| {r['scheme']} | error: {r['error']} |" + " |" * 11)
       continue
     ratio = r["step_ms"] / base["step_ms"] if base else float("nan")
     eratio = r["eval_s"] / base["eval_s"] if base else float("nan")
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"
+    per_call = f"{r['eval_calls_ratio']:.3f}" if "eval_calls_ratio" in r else "–"
     lines.append(f"| {r['scheme']} | {r['mode']} | {r['compile_s']:.1f} | {r['step_ms']:.1f} | {ratio:.2f} | "
                  f"{r['tokens_per_s']:,.0f} | {r['eval_s']:.1f} | {r['eval_compile_s']:.1f} | {eratio:.2f} | "
+                 f"{per_call} | "
                  f"{r['eval_programs']} | "
                  f"{r['peak_mem_mb']:.0f} | {mfu} |")
   return "\n".join(lines)
@@ -371,6 +436,10 @@ def main() -> None:
   p.add_argument("--eval_rounds", type=int, default=0,
                  help="also time every evaluation again in this many interleaved rounds (each "
                  "from empty compilation caches) and report the medians; 0: the single pass")
+  p.add_argument("--eval_calls", type=int, default=0,
+                 help="also time the compiled evaluation programs call by call in this many "
+                 "rounds, the schemes taking turns on every call (per-sample cost, compiling "
+                 "set aside; ratio to sinusoidal as the median over rounds); 0: skip")
   p.add_argument("--seed_step_worker", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.seed_step_worker:
@@ -400,6 +469,9 @@ def main() -> None:
   if args.eval_rounds:
     print(f"timing the evaluations again, {args.eval_rounds} interleaved rounds ...", flush=True)
     interleaved_evaluations(rows, args.eval_rounds)
+  if args.eval_calls:
+    print(f"timing the evaluation programs call by call, {args.eval_calls} rounds ...", flush=True)
+    interleaved_eval_calls(rows, args.eval_calls)
   base = next((r for r in rows if r["scheme"] == "sinusoidal" and "error" not in r), None)
   table = markdown(rows, base, f"{args.eval_min}–{args.eval_max}")
   print(table)

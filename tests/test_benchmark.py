@@ -18,7 +18,7 @@ def test_benchmark_script_writes_tables_interleaved_medians_and_seed_speedups(tm
   out = tmp_path / "bench.json"
   cmd = [sys.executable, "scripts/benchmark.py", "--preset=smoke", "--schemes=alibi,sinusoidal",
          "--steps=2", "--warmup=1", "--rounds=3", "--eval_min=1", "--eval_max=4",
-         "--eval_samples=2", "--eval_rounds=3", "--skip_lm", f"--out={out}"]
+         "--eval_samples=2", "--eval_rounds=3", "--eval_calls=2", "--skip_lm", f"--out={out}"]
   done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   d = json.loads(out.read_text())
@@ -35,6 +35,11 @@ def test_benchmark_script_writes_tables_interleaved_medians_and_seed_speedups(tm
     assert abs(r["eval_s"] - statistics.median(r["eval_s_rounds"])) < 0.01
     # every round starts from empty caches, so each one compiles, within its own wall time
     assert all(0 < c <= t for c, t in zip(r["eval_compile_s_rounds"], r["eval_s_rounds"]))
+    # call by call: two rounds, ratios taken round by round against sinusoidal
+    assert len(r["eval_calls_s_rounds"]) == 2 and r["eval_calls_s"] > 0
+    assert abs(r["eval_calls_ratio"] - statistics.median(r["eval_calls_ratio_rounds"])) < 1e-4
+  assert rows["sinusoidal"]["eval_calls_ratio_rounds"] == [1.0, 1.0]
+  assert "| per call × sin. |" in d["markdown"]
   assert "| alibi | encoder |" in d["markdown"] and "| sinusoidal | encoder |" in d["markdown"]
   seeds = d["seeds"]
   devices = parallel.largest_divisor(8, parallel.available_cores())
@@ -63,3 +68,36 @@ def test_a_scheme_failing_in_the_evaluation_rounds_keeps_its_first_pass_and_the_
   assert b["eval_s_rounds"] == [20.0] * 3 and b["eval_s"] == 20.0
   assert broken["eval_s"] == 5.0 and "eval_s_rounds" not in broken
   assert broken["eval_rounds_error"] == "RuntimeError: solver failed"
+
+
+def test_evaluation_calls_take_turns_call_by_call_and_a_failing_scheme_drops_out(monkeypatch):
+  from posenc import train
+  from scripts import benchmark
+
+  ran = []  # (scheme, call index), in the order they ran
+
+  def programs(s, params, key):
+    def score(j):
+      if s == "broken" and j == 1:
+        raise RuntimeError("solver failed\nmore detail")
+      ran.append((s, j))
+      return j
+    # two buckets of 2 and 1 calls; the first call of each compiles and is not timed
+    return [train.EvalProgram([1, 2], 4, 2, score, [(1, (0,)), (2, (1,))]),
+            train.EvalProgram([3], 4, 2, score, [(3, (2,))])]
+
+  monkeypatch.setattr(benchmark.train, "evaluation_programs", programs)
+  monkeypatch.setattr(benchmark, "_EVALS", {n: (n, None, None) for n in ("sinusoidal", "broken", "b")})
+  rows = [{"scheme": n} for n in ("sinusoidal", "broken", "b")]
+  benchmark.interleaved_eval_calls(rows, rounds=2)
+  warm = [("sinusoidal", 0), ("sinusoidal", 2), ("broken", 0), ("broken", 2), ("b", 0), ("b", 2)]
+  assert ran[:6] == warm
+  # round 1: call 0 in the order s, broken, b; call 1 starts one later (broken fails there);
+  # call 2 starts two later; round 2 without the failed scheme
+  assert ran[6:] == [("sinusoidal", 0), ("broken", 0), ("b", 0), ("b", 1), ("sinusoidal", 1),
+                     ("b", 2), ("sinusoidal", 2), ("sinusoidal", 0), ("b", 0), ("b", 1),
+                     ("sinusoidal", 1), ("b", 2), ("sinusoidal", 2)]
+  sinusoidal, broken, b = rows
+  assert broken == {"scheme": "broken", "eval_calls_error": "RuntimeError: solver failed"}
+  assert len(sinusoidal["eval_calls_s_rounds"]) == 2 and sinusoidal["eval_calls_ratio"] == 1.0
+  assert len(b["eval_calls_ratio_rounds"]) == 2 and b["eval_calls_ratio"] > 0
