@@ -101,3 +101,20 @@ def test_evaluation_calls_take_turns_call_by_call_and_a_failing_scheme_drops_out
   assert broken == {"scheme": "broken", "eval_calls_error": "RuntimeError: solver failed"}
   assert len(sinusoidal["eval_calls_s_rounds"]) == 2 and sinusoidal["eval_calls_ratio"] == 1.0
   assert len(b["eval_calls_ratio_rounds"]) == 2 and b["eval_calls_ratio"] > 0
+
+
+def test_a_scheme_with_a_different_evaluation_is_left_out_of_the_call_timing(monkeypatch):
+  from posenc import train
+  from scripts import benchmark
+
+  def programs(s, params, key):
+    calls = [(1, (0,)), (2, (1,))] + ([(3, (2,))] if s == "longer" else [])
+    return [train.EvalProgram([1, 2], 4, 2, lambda j: j, calls)]
+
+  monkeypatch.setattr(benchmark.train, "evaluation_programs", programs)
+  monkeypatch.setattr(benchmark, "_EVALS", {n: (n, None, None) for n in ("sinusoidal", "longer")})
+  rows = [{"scheme": "sinusoidal"}, {"scheme": "longer"}]
+  benchmark.interleaved_eval_calls(rows, rounds=1)
+  assert rows[0]["eval_calls_ratio"] == 1.0
+  assert rows[1] == {"scheme": "longer",
+                     "eval_calls_error": "3 evaluation calls against 2: not the same evaluation"}
