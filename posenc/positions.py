@@ -83,6 +83,13 @@ def make(cfg: ml_collections.ConfigDict, *, train: bool) -> Sampler:
                            max_position=cfg.max_position)
 
 
+def shared_contiguous(cfg: ml_collections.ConfigDict, *, train: bool) -> bool:
+  """Whether :func:`make` gives ``offset + arange(L)`` shared by the batch (``[1, L]``): the
+  promise of ``Dims.contiguous``, which lets a hook slice a table instead of gathering."""
+  kind = cfg.kind if (train or cfg.eval == "same") else "contiguous"
+  return kind == "contiguous" and not (cfg.random_offset and (train or cfg.eval == "same"))
+
+
 def bound(cfg: ml_collections.ConfigDict, total_length: int, *, train: bool) -> int:
   """A static bound: every position of a sequence of ``total_length`` tokens is below it."""
   kind = cfg.kind if (train or cfg.eval == "same") else "contiguous"

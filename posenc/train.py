@@ -94,11 +94,14 @@ class Setup:
   def causal(self) -> bool:
     return self.model_cfg.causal
 
-  def model(self, max_position: int) -> Transformer:
+  def model(self, max_position: int, *, contiguous: bool = False) -> Transformer:
+    """The model of a program whose positions are all below ``max_position``;
+    ``contiguous``: they are also ``[1, L]`` runs ``p0 + arange(L)`` (``Dims.contiguous``)."""
     dims = Dims(d_model=self.model_cfg.d_model, num_heads=self.model_cfg.num_heads,
                 num_layers=self.model_cfg.num_layers, causal=self.causal,
                 max_position=max_position, vocab_size=self.model_cfg.vocab_size,
-                train_length=data_lib.total_length(self.task, self.config.task.train_max_length))
+                train_length=data_lib.total_length(self.task, self.config.task.train_max_length),
+                contiguous=contiguous)
     return Transformer(self.model_cfg, encodings.build(self.config.encoding, dims))
 
   def train_bound(self) -> int:
@@ -622,8 +625,9 @@ def evaluation_programs(s: Setup, params, key: jax.Array, *, num_seeds: int = 1,
   batch_size = min(e.batch_size, e.samples_per_length)
   chunks = math.ceil(e.samples_per_length / batch_size)
   output_offset = data_lib.NUM_SPECIAL + s.task.input_vocab_size
+  contiguous = positions_lib.shared_contiguous(s.config.positions, train=False)
   for lengths, padded in s.eval_buckets:
-    model = s.model(s.eval_bound(padded))
+    model = s.model(s.eval_bound(padded), contiguous=contiguous)
     batch_fn = data_lib.make_batch_fn(
         s.task, positions_lib.make(s.config.positions, train=False), batch_size=batch_size,
         lengths=lengths, padded_length=padded, causal=s.causal)
@@ -749,7 +753,8 @@ def eval_cache(s: Setup, params, num_seeds: int = 1) -> dict:
 
   def compute(params):
     def read(m):
-      return {n: getattr(m.encoding, n) for n in names if hasattr(m.encoding, n)}
+      enc = m.encoding
+      return {n: getattr(enc, n) for n in enc.eval_cache_names() if hasattr(enc, n)}
     # With "diagnostics" a scheme reports failures (FLOATER's solver) as values, checked
     # below on the host, so the program has no host callback and the persistent compilation
     # cache can keep it.

@@ -306,7 +306,7 @@ def test_a_solver_failure_in_the_evaluation_table_is_a_clear_error():
   # The evaluation table's program reports the solve too (no host callback); the host raises.
   s = train.setup(helpers.config("floater", **{"encoding.max_steps": 16}))
   params = train.init_state(s, jax.random.PRNGKey(0))["params"]
-  assert set(train.eval_cache(s, params)["cache"]["encoding"]) == {"table"}
+  assert set(train.eval_cache(s, params)["cache"]["encoding"]) == {"rows_q", "rows_kv"}
   enc = dict(params["encoding"])
   enc["ode_w1"], enc["ode_w2"] = enc["ode_w1"] * 1e3, enc["ode_w2"] * 1e3
   with pytest.raises(train.SchemeRuntimeError, match=r"FLOATER ODE solver: the solve to t=\S+ "
@@ -382,9 +382,11 @@ def test_evaluation_solves_once_and_reuses_the_table():
   s = train_lib.setup(c)
   params = train_lib.init_state(s, jax.random.PRNGKey(0))["params"]
   cache = train_lib.eval_cache(s, params)
-  table = cache["cache"]["encoding"]["table"]
+  rows_q, rows_kv = (cache["cache"]["encoding"][n] for n in ("rows_q", "rows_kv"))
   longest = max(s.eval_bound(p) for _, p in s.eval_buckets)
-  assert table.shape[0] == longest
+  layers, heads, dh = c.model.num_layers, c.model.num_heads, c.model.d_model // c.model.num_heads
+  assert rows_q.shape == (layers, heads, longest, dh)
+  assert rows_kv.shape == (2, layers, heads, dh, longest)
   _, padded = s.eval_buckets[0]
   model = s.model(s.eval_bound(padded))
   tokens = jnp.full((2, padded), 4, jnp.int32)
@@ -393,3 +395,71 @@ def test_evaluation_solves_once_and_reuses_the_table():
   own = model.apply({"params": params}, tokens, pos, valid)
   reused = model.apply({"params": params, **cache}, tokens, pos, valid)
   np.testing.assert_allclose(np.asarray(reused), np.asarray(own), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("injection", ["qkv", "layer_input"])
+def test_cached_rows_equal_the_solved_table_by_slice_and_by_gather(injection):
+  """Evaluation reads q/k/v rows from the cache, heads-first: sliced when the program's
+  positions are contiguous (``dims.contiguous``), gathered otherwise. Both give the same
+  logits as the model solving its own table, for contiguous, offset and gappy positions."""
+  c = helpers.config("floater", **{"eval.max_length": 12, "eval.num_buckets": 1,
+                                   "encoding.injection": injection})
+  s = train.setup(c)
+  params = train.init_state(s, jax.random.PRNGKey(0))["params"]
+  cache = train.eval_cache(s, params)
+  assert set(cache["cache"]["encoding"]) == ({"rows_q", "rows_kv"} if injection == "qkv" else {"table"})
+  bound = max(s.eval_bound(p) for _, p in s.eval_buckets)
+  length = 8
+  tokens = jnp.full((2, length), 4, jnp.int32)
+  valid = jnp.ones((2, length), bool)
+  contiguous = [jnp.arange(length)[None], 3 + jnp.arange(length)[None]]
+  gappy = [jnp.array([[0, 1, 4, 5, 6, 9, 10, 12], [1, 2, 3, 5, 8, 11, 12, 13]], jnp.int32)]
+  own = s.model(bound)
+  for flag, cases in ((True, contiguous), (False, contiguous + gappy)):
+    model = s.model(bound, contiguous=flag)
+    assert model.encoding.dims.contiguous is flag
+    for pos in cases:
+      want = own.apply({"params": params}, tokens, pos, valid)
+      got = jax.jit(lambda p, ca, pos=pos, m=model: m.apply({"params": p, **ca}, tokens, pos, valid))(params, cache)
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_decoding_steps_with_cached_rows_match_the_full_forward():
+  """Incremental decoding (one new token per step, its rows sliced at its own position)
+  reads the same cached rows as the full forward pass (each step rewrites its slot with the
+  token that is already there)."""
+  from posenc import decoding
+  c = helpers.config("floater", **{"model.causal": True, "task.name": "reverse_string",
+                                   "eval.max_length": 10, "eval.num_buckets": 1})
+  s = train.setup(c)
+  params = train.init_state(s, jax.random.PRNGKey(1))["params"]
+  cache = train.eval_cache(s, params)
+  (lengths, padded), = s.eval_buckets
+  model = s.model(s.eval_bound(padded), contiguous=True)
+  variables = {"params": params, **cache}
+  tokens = jax.random.randint(jax.random.PRNGKey(2), (2, padded), 3, 6)
+  pos = jnp.arange(padded)[None]
+  valid = jnp.ones((2, padded), bool)
+  full = model.apply(variables, tokens, pos, valid)
+  _, kv = model.apply(variables, tokens, pos, valid, decode="prefill", mutable=["kv"])
+  for i in range(3, 6):
+    step, kv = model.apply({**variables, **kv}, tokens[:, i:i + 1], pos, valid, decode="step",
+                           index=i, mutable=["kv"])
+    np.testing.assert_allclose(np.asarray(step[:, 0]), np.asarray(full[:, i]), rtol=1e-4, atol=1e-4)
+
+
+def test_evaluation_slices_the_cached_rows_and_scores_as_with_gathers(monkeypatch):
+  c = helpers.config("floater", **{"eval.max_length": 12, "eval.num_buckets": 2,
+                                   "eval.samples_per_length": 4, "eval.batch_size": 4})
+  s = train.setup(c)
+  params = train.init_state(s, jax.random.PRNGKey(0))["params"]
+  key = jax.random.PRNGKey(3)
+  seen, real_model = [], train.Setup.model
+  monkeypatch.setattr(train.Setup, "model", lambda self, bound, contiguous=False:
+                      seen.append(contiguous) or real_model(self, bound, contiguous=contiguous))
+  sliced = train.evaluate(s, params, key, log=None)
+  assert seen.count(True) == len(s.eval_buckets)  # every evaluation program slices
+  monkeypatch.setattr(train.positions_lib, "shared_contiguous", lambda *a, **k: False)
+  gathered = train.evaluate(s, params, key, log=None)
+  assert sliced.keys() == gathered.keys()
+  np.testing.assert_allclose(list(sliced.values()), list(gathered.values()), rtol=1e-6)

@@ -61,3 +61,19 @@ def test_eval_switch_and_bounds():
                            field="config.eval.max_length")
   with pytest.raises(ConfigError, match="config.positions.kind"):
     positions.validate(_cfg(kind="shuffled"))
+
+
+@pytest.mark.parametrize("kw", [{}, {"offset": 5}, {"random_offset": True},
+                                {"random_offset": True, "eval": "contiguous"},
+                                {"kind": "randomized", "max_position": 64},
+                                {"kind": "randomized", "max_position": 64, "per_example": False},
+                                {"kind": "randomized", "max_position": 64, "eval": "contiguous"}])
+def test_shared_contiguous_is_what_the_sampler_draws(kw):
+  """``shared_contiguous`` (the promise behind ``Dims.contiguous``) holds exactly when every
+  draw of the sampler is one ``[1, L]`` run ``p0 + arange(L)``."""
+  c = _cfg(**kw)
+  for train in (True, False):
+    sample = positions.make(c, train=train)
+    draws = [np.asarray(sample(jax.random.PRNGKey(k), 4, 10, 12)) for k in range(4)]
+    runs = all(d.shape[0] == 1 and np.array_equal(d[0], d[0, 0] + np.arange(12)) for d in draws)
+    assert positions.shared_contiguous(c, train=train) is runs, (kw, train)

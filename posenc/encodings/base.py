@@ -53,7 +53,10 @@ possible at all: False for schemes whose ``embed`` reads the token sequence.
 Parameters are created in ``setup`` (per-layer tables as lists indexed by
 ``layer``; shared ones once), so layer sharing is the scheme's own business.
 ``self.dims`` gives the model's sizes and the static bound on positions of the
-program being compiled. ``check(max_position)`` is called with the largest
+program being compiled; ``self.dims.contiguous`` says that every positions array in the
+program is ``[1, L]`` and equals ``positions[0, 0] + arange(L)``, so a hook may read a
+table with a slice instead of a gather (``dynamic_slice`` keeps the table's layout, which
+a gather does not). ``check(max_position)`` is called with the largest
 position a run will use, before any compute, and raises :class:`ConfigError`
 when the scheme cannot represent it.
 
@@ -79,6 +82,8 @@ class Dims:
   ``train_length`` is the longest training sequence (input plus answer), the
   "original context length" of context-extension methods; ``vocab_size`` is
   the number of token ids (for schemes that own the token embedding).
+  ``contiguous``: every positions array of the program is ``[1, L]`` and equals
+  ``positions[0, 0] + arange(L)`` (shared by the batch, no gaps); False promises nothing.
   """
 
   d_model: int
@@ -88,6 +93,7 @@ class Dims:
   max_position: int
   train_length: int = 0
   vocab_size: int = 0
+  contiguous: bool = False
 
   @property
   def head_dim(self) -> int:
@@ -116,6 +122,10 @@ class Encoding(nn.Module):
   def incremental(self) -> bool:
     """Whether a token's output depends on earlier tokens only through attention."""
     return self.INCREMENTAL
+
+  def eval_cache_names(self) -> tuple[str, ...]:
+    """The ``EVAL_CACHE`` arrays this module's options need (default: all of them)."""
+    return self.EVAL_CACHE
 
   def check(self, max_position: int) -> None:
     """Raises ConfigError if positions up to ``max_position - 1`` cannot be encoded."""
