@@ -325,7 +325,7 @@ def seed_step_worker(args) -> None:
                     "s_per_step": statistics.median(times)}))
 
 
-def bench_seeds(args, num_seeds: int = 8) -> dict:
+def bench_seeds(args, num_seeds: int = 8, rate: float = 0.0) -> dict:
   """``num_seeds`` seeds in one program against one after another.
 
   Per step, in this process (one device): ``num_seeds`` single-seed steps against one vmapped
@@ -335,9 +335,13 @@ def bench_seeds(args, num_seeds: int = 8) -> dict:
   would start them: ``num_seeds`` times ``python -m experiments.run --config.seed=k`` against
   one ``python -m experiments.run --config.num_seeds=<num_seeds>``, wall clock, process
   start-up, compilation, training, evaluation and writing included.
+
+  With the dense-matmul ``rate`` (FLOP/s): the 8-seed step's model FLOP utilisation as
+  ``experiments.run`` runs it, the utilisation a 3x speedup per step would need, and the
+  speedup if every FLOP of the 8 seeds ran at the matmul rate (the ceiling on this machine).
   """
   c = config_for("sinusoidal", args.preset)
-  times = {}
+  times, flops = {}, 0.0
   for label, s_count, how in (("sequential", 1, "vmap"), ("vmapped", num_seeds, "vmap"),
                               ("mapped", num_seeds, "map")):
     with c.unlocked():
@@ -346,6 +350,10 @@ def bench_seeds(args, num_seeds: int = 8) -> dict:
     keys = train.root_keys(0, s_count)
     state = train.seeded(lambda k: train.init_state(s, k), s_count, how)(keys["init"])
     step = jax.jit(train.seeded(train.make_train_step(s), s_count, how), donate_argnums=0)
+    if s_count == 1:  # XLA's FLOP count of one seed's step
+      cost = step.lower(state, keys["train"]).compile().cost_analysis()
+      cost = cost[0] if isinstance(cost, list) else cost
+      flops = float(cost.get("flops", 0.0)) if cost else 0.0
     state, _ = step(state, keys["train"])
     jax.block_until_ready(state)
     t = time.perf_counter()
@@ -369,6 +377,11 @@ def bench_seeds(args, num_seeds: int = 8) -> dict:
          "auto_seed_loop": auto["seed_loop"], "auto_devices": auto["devices"],
          "auto_s_per_step": auto["s_per_step"],
          "speedup_auto": times["sequential"] / auto["s_per_step"]}
+  if flops and rate:
+    work_s = num_seeds * flops / rate  # all seeds' FLOPs at the dense-matmul rate
+    out.update({"step_gflop": flops / 1e9, "mfu_auto": work_s / auto["s_per_step"],
+                "mfu_needed_3x": work_s / (times["sequential"] / 3),
+                "ceiling_speedup": times["sequential"] / work_s})
   if args.seed_runs:
     import tempfile
     config_arg = "--config=configs/sinusoidal.py" + (f":{args.preset}" if args.preset else "")
@@ -500,7 +513,7 @@ def main() -> None:
        f"{100 * r['mfu']:.1f}% |" for r in lm_rows]) if lm_rows else ""
   if lm_table:
     print(lm_table)
-  seeds = None if args.skip_seeds else bench_seeds(args)
+  seeds = None if args.skip_seeds else bench_seeds(args, rate=rate)
   if seeds:
     print(f"num_seeds=8 per step: {seeds['sequential_s_per_step'] * 1e3:.1f} ms for 8 sequential "
           f"steps; one 8-seed step vmapped {seeds['vmapped_s_per_step'] * 1e3:.1f} ms "
@@ -508,6 +521,10 @@ def main() -> None:
           f"({seeds['speedup_mapped']:.2f}x); as experiments.run runs it ({seeds['auto_seed_loop']} "
           f"over {seeds['auto_devices']} devices) {seeds['auto_s_per_step'] * 1e3:.1f} ms "
           f"({seeds['speedup_auto']:.2f}x)")
+    if "mfu_auto" in seeds:
+      print(f"num_seeds=8 against the matmul rate: the 8-seed step runs at {100 * seeds['mfu_auto']:.1f}% "
+            f"MFU; 3x per step would need {100 * seeds['mfu_needed_3x']:.1f}%; at 100% the "
+            f"speedup would be {seeds['ceiling_speedup']:.2f}x")
     if "run_speedup" in seeds:
       print(f"num_seeds=8 whole runs: 8 single-seed runs {seeds['sequential_runs_s']:.1f} s, one "
             f"8-seed run {seeds['one_run_s']:.1f} s ({seeds['run_speedup']:.2f}x)")

@@ -48,6 +48,13 @@ def test_benchmark_script_writes_tables_interleaved_medians_and_seed_speedups(tm
   for key in ("speedup", "speedup_mapped", "speedup_auto"):
     assert seeds[key] > 0
   assert abs(seeds["speedup_auto"] - seeds["sequential_s_per_step"] / seeds["auto_s_per_step"]) < 1e-9
+  # utilisation against the run's matmul rate: 3x needs 3x the sequential steps' utilisation
+  rate = d["matmul_gflops"] * 1e9
+  work_s = 8 * seeds["step_gflop"] * 1e9 / rate
+  assert seeds["step_gflop"] > 0
+  assert abs(seeds["mfu_auto"] - work_s / seeds["auto_s_per_step"]) < 1e-6
+  assert abs(seeds["mfu_needed_3x"] - 3 * work_s / seeds["sequential_s_per_step"]) < 1e-6
+  assert abs(seeds["ceiling_speedup"] * seeds["mfu_needed_3x"] - 3) < 1e-6
 
 
 def test_a_scheme_failing_in_the_evaluation_rounds_keeps_its_first_pass_and_the_others(monkeypatch):
