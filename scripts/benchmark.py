@@ -174,11 +174,14 @@ def interleaved_evaluations(rows: list[dict], rounds: int) -> None:
   each from empty compilation caches (as a fresh run starts), and puts the medians in
   ``rows``. One evaluation of 41..500 takes half a minute, and a shared machine's load
   moves it by several percent between two measurements; medians of interleaved rounds
-  are what eval ratios should be read from."""
+  are what eval ratios should be read from. The order rotates by one scheme per round, so
+  no scheme always runs first or last."""
   samples = {name: [] for name in _EVALS}
   failed: dict[str, str] = {}
-  for _ in range(rounds):
-    for name, (s, params, key) in _EVALS.items():
+  names = list(_EVALS)
+  for r in range(rounds):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      s, params, key = _EVALS[name]
       if name in failed:
         continue
       jax.clear_caches()  # the compiled training steps are kept (ahead-of-time objects)

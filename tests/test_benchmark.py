@@ -60,7 +60,10 @@ def test_benchmark_script_writes_tables_interleaved_medians_and_seed_speedups(tm
 def test_a_scheme_failing_in_the_evaluation_rounds_keeps_its_first_pass_and_the_others(monkeypatch):
   from scripts import benchmark
 
+  order = []
+
   def fake_time_evaluation(s, params, key):
+    order.append(s)
     if s == "broken":
       raise RuntimeError("solver failed\nmore detail")
     return {"a": (10.0, 2.0), "b": (20.0, 3.0)}[s]
@@ -75,6 +78,8 @@ def test_a_scheme_failing_in_the_evaluation_rounds_keeps_its_first_pass_and_the_
   assert b["eval_s_rounds"] == [20.0] * 3 and b["eval_s"] == 20.0
   assert broken["eval_s"] == 5.0 and "eval_s_rounds" not in broken
   assert broken["eval_rounds_error"] == "RuntimeError: solver failed"
+  # the turn order rotates by one per round; the broken scheme drops out after its failure
+  assert order == ["a", "broken", "b", "b", "a", "b", "a"]
 
 
 def test_evaluation_calls_take_turns_call_by_call_and_a_failing_scheme_drops_out(monkeypatch):
