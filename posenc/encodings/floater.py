@@ -303,7 +303,10 @@ class Encoding(_Base):
   """FLOATER position terms from one ODE solve per forward pass (see the module docstring).
 
   The table ``[max_position, streams, layers, d]`` is solved in ``setup`` up to the program's
-  static bound ``dims.max_position`` and rows are gathered by position in the hooks.
+  static bound ``dims.max_position`` and rows are gathered by position in the hooks. Evaluation
+  programs instead read the cache (solved once for the longest length): the table for
+  ``layer_input``, or for ``qkv`` the rows laid out heads-first, sliced when ``dims.contiguous``
+  (:meth:`_project_cached`).
   """
 
   # "table": the solve [N, streams, layers, d] (layer_input); "rows_q" [layers, H, N, dh] and
