@@ -189,6 +189,11 @@ def interleaved_evaluations(rows: list[dict], rounds: int) -> None:
         samples[name].append(time_evaluation(s, params, key))
       except Exception as e:  # noqa: BLE001 — the other schemes' rounds still count
         failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        print(f"  evaluation round {r + 1}/{rounds}: {name} failed ({failed[name]})", flush=True)
+        continue
+      t, c = samples[name][-1]
+      print(f"  evaluation round {r + 1}/{rounds}: {name} {t:.1f} s ({c:.1f} s compiling)",
+            flush=True)
   for row in rows:
     got = samples.get(row["scheme"])
     if row["scheme"] in failed:  # keep the first pass's numbers, say why there are no rounds
@@ -233,7 +238,7 @@ def interleaved_eval_calls(rows: list[dict], rounds: int) -> None:
   n = ref
   totals: dict[str, list[float]] = {name: [] for name in calls}
   names = list(calls)
-  for _ in range(rounds):
+  for r in range(rounds):
     spent = dict.fromkeys(names, 0.0)
     for j in range(n):
       turn = j % len(names)
@@ -250,6 +255,8 @@ def interleaved_eval_calls(rows: list[dict], rounds: int) -> None:
     for name in names:
       if name not in failed:
         totals[name].append(spent[name])
+    done = ", ".join(f"{name} {spent[name]:.2f} s" for name in names if name not in failed)
+    print(f"  evaluation calls, round {r + 1}/{rounds}: {done}", flush=True)
   base = totals.get("sinusoidal") if "sinusoidal" not in failed else None
   for row in rows:
     name = row["scheme"]

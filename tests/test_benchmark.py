@@ -57,7 +57,8 @@ def test_benchmark_script_writes_tables_interleaved_medians_and_seed_speedups(tm
   assert abs(seeds["ceiling_speedup"] * seeds["mfu_needed_3x"] - 3) < 1e-6
 
 
-def test_a_scheme_failing_in_the_evaluation_rounds_keeps_its_first_pass_and_the_others(monkeypatch):
+def test_a_scheme_failing_in_the_evaluation_rounds_keeps_its_first_pass_and_the_others(monkeypatch,
+                                                                                         capsys):
   from scripts import benchmark
 
   order = []
@@ -80,9 +81,15 @@ def test_a_scheme_failing_in_the_evaluation_rounds_keeps_its_first_pass_and_the_
   assert broken["eval_rounds_error"] == "RuntimeError: solver failed"
   # the turn order rotates by one per round; the broken scheme drops out after its failure
   assert order == ["a", "broken", "b", "b", "a", "b", "a"]
+  # each timing is reported as it lands (a long run is not silent for its whole duration)
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[:3] == ["  evaluation round 1/3: a 10.0 s (2.0 s compiling)",
+                       "  evaluation round 1/3: broken failed (RuntimeError: solver failed)",
+                       "  evaluation round 1/3: b 20.0 s (3.0 s compiling)"]
+  assert len(lines) == 7 and lines[-1] == "  evaluation round 3/3: a 10.0 s (2.0 s compiling)"
 
 
-def test_evaluation_calls_take_turns_call_by_call_and_a_failing_scheme_drops_out(monkeypatch):
+def test_evaluation_calls_take_turns_call_by_call_and_a_failing_scheme_drops_out(monkeypatch, capsys):
   from posenc import train
   from scripts import benchmark
 
@@ -113,6 +120,10 @@ def test_evaluation_calls_take_turns_call_by_call_and_a_failing_scheme_drops_out
   assert broken == {"scheme": "broken", "eval_calls_error": "RuntimeError: solver failed"}
   assert len(sinusoidal["eval_calls_s_rounds"]) == 2 and sinusoidal["eval_calls_ratio"] == 1.0
   assert len(b["eval_calls_ratio_rounds"]) == 2 and b["eval_calls_ratio"] > 0
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(":")[0] for line in lines] == [
+      "  evaluation calls, round 1/2", "  evaluation calls, round 2/2"]
+  assert all("sinusoidal " in line and "b " in line and "broken" not in line for line in lines)
 
 
 def test_a_scheme_with_a_different_evaluation_is_left_out_of_the_call_timing(monkeypatch):
