@@ -449,8 +449,9 @@ def main() -> None:
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--eval_min", type=int, default=41)
   p.add_argument("--eval_max", type=int, default=500)
-  p.add_argument("--eval_samples", type=int, default=16, help="samples per evaluated length (the default preset evaluates 128; fewer keep a run "
-                 "short, and make the fixed cost of compiling weigh more in the ratios)")
+  p.add_argument("--eval_samples", type=int, default=16,
+                 help="samples per evaluated length (the default preset evaluates 128; fewer "
+                 "keep a run short, and make the fixed cost of compiling weigh more in the ratios)")
   p.add_argument("--out", default="benchmark.json")
   p.add_argument("--lm", default="", help="comma-separated schemes to time on the LM preset "
                  "(configs/lm/<scheme>.py); default: those with an LM config")
