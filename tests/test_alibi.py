@@ -1,4 +1,5 @@
-"""ALiBi: the official slopes, causal vs symmetric biases from explicit positions, end to end."""
+"""ALiBi: the official slopes; the causal, asymmetric (Ruoss et al. 2023, the encoder's default) and
+symmetric biases from explicit positions; end to end."""
 
 import math
 
@@ -8,6 +9,7 @@ import pytest
 
 from posenc.encodings import alibi
 from posenc.encodings.base import Dims
+from posenc.errors import ConfigError
 from tests import helpers
 
 
@@ -36,33 +38,107 @@ def test_slopes_by_hand():
                              + [2.0 ** -0.5, 2.0 ** -1.5, 2.0 ** -2.5, 2.0 ** -3.5], rtol=1e-6)
 
 
+def _reference_encoder_alibi(length, num_heads):
+  """Ruoss et al.'s non-causal ALiBi (google-deepmind/randomized_positional_encodings,
+  models/positional_encodings.py, compute_alibi_encodings_biases), restated over index
+  positions 0..L−1: minus the distance in both triangles, +0.5 in the strictly lower one
+  (keys before the query), then times the head slopes."""
+  strictly_lower = np.tri(length, length, k=-1)
+  rows, cols = np.indices((length, length))
+  table = -np.abs(rows - cols) + 0.5 * strictly_lower
+  return table[None] * np.asarray(_official_get_slopes(num_heads))[:, None, None]
+
+
 def test_bias_values_and_shapes():
   pos = jnp.array([[0, 1, 2, 5]])
-  causal = alibi.bias(pos, pos, 2, symmetric=False)
+  causal = alibi.bias(pos, pos, 2, form="causal")
   assert causal.shape == (1, 2, 4, 4) and causal.dtype == jnp.float32
   m = alibi.slopes(2)  # [2^-4, 2^-8]
   dist = np.array([0, 1, 2, 5])[:, None] - np.array([0, 1, 2, 5])[None]
   for h in range(2):
     np.testing.assert_allclose(causal[0, h], -m[h] * dist, rtol=1e-6)
-    np.testing.assert_allclose(alibi.bias(pos, pos, 2, symmetric=True)[0, h], -m[h] * np.abs(dist), rtol=1e-6)
+    np.testing.assert_allclose(alibi.bias(pos, pos, 2, form="symmetric")[0, h], -m[h] * np.abs(dist),
+                               rtol=1e-6)
+    np.testing.assert_allclose(alibi.bias(pos, pos, 2, form="asymmetric")[0, h],
+                               -m[h] * (np.abs(dist) - 0.5 * (dist > 0)), rtol=1e-6)
   # Per-example positions give a per-example bias; a shift of all positions changes nothing.
   per_example = jnp.stack([pos[0], pos[0] + 100])
-  out = alibi.bias(per_example, per_example, 2, symmetric=True)
-  assert out.shape == (2, 2, 4, 4)
-  np.testing.assert_allclose(out[1], out[0])
+  for form in alibi.FORMS:
+    out = alibi.bias(per_example, per_example, 2, form=form)
+    assert out.shape == (2, 2, 4, 4)
+    np.testing.assert_allclose(out[1], out[0])
+  with pytest.raises(ValueError, match="unknown ALiBi form"):
+    alibi.bias(pos, pos, 2, form="left")
 
 
-def test_hook_is_symmetric_in_an_encoder_and_linear_in_a_decoder():
-  pos = jnp.arange(6)[None] * 3  # e.g. randomized / strided positions
+def test_asymmetric_hand_values():
+  # One head (m = 2^-8), query at position 10: keys 1 and 3 before it give −m·(1 − 1/2) and
+  # −m·(3 − 1/2); keys 1 and 3 after it give −m·1 and −m·3; the query itself 0.
+  m = 2.0 ** -8
+  q_pos, k_pos = jnp.array([[10]]), jnp.array([[7, 9, 10, 11, 13]])
+  got = np.asarray(alibi.bias(q_pos, k_pos, 1, form="asymmetric"))[0, 0, 0]
+  np.testing.assert_allclose(got, [-2.5 * m, -0.5 * m, 0.0, -m, -3 * m], rtol=1e-6)
+  # 8 heads, keys two before / two after: the first head (m = 1/2) gives −0.75 and −1.
+  got = np.asarray(alibi.bias(q_pos, jnp.array([[8, 12]]), 8, form="asymmetric"))[0, 0, 0]
+  np.testing.assert_allclose(got, [-0.75, -1.0])
+
+
+@pytest.mark.parametrize("heads", [1, 3, 4, 8])
+@pytest.mark.parametrize("length", [1, 2, 7])
+def test_asymmetric_matches_reference(heads, length):
+  pos = jnp.arange(length)[None]
+  got = np.asarray(alibi.bias(pos, pos, heads, form="asymmetric"))[0]
+  np.testing.assert_allclose(got, _reference_encoder_alibi(length, heads), rtol=1e-6, atol=1e-7)
+
+
+def test_encoder_tells_left_from_right_only_when_asymmetric():
+  # For every query, the key d before and the key d after it: different biases in the
+  # asymmetric form (by exactly m/2), equal in the symmetric one.
+  pos = jnp.arange(9)[None] * 3  # strided positions, as randomized positions may be
+  m = alibi.slopes(4)[:, None]
+  asym = np.asarray(alibi.bias(pos, pos, 4, form="asymmetric"))[0]
+  sym = np.asarray(alibi.bias(pos, pos, 4, form="symmetric"))[0]
+  for d in (1, 2, 4):
+    i = np.arange(d, 9 - d)
+    np.testing.assert_allclose(asym[:, i, i - d] - asym[:, i, i + d], np.broadcast_to(m / 2, (4, len(i))),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(sym[:, i, i - d], sym[:, i, i + d])
+
+
+def _term(causal, **options):
+  dims = Dims(d_model=32, num_heads=4, num_layers=3, causal=causal, max_position=32)
+  enc = alibi.Encoding(dims=dims, **options)
+  enc.check(32)
   q = jnp.zeros((2, 6, 4, 8))
-  for causal in (False, True):
-    dims = Dims(d_model=32, num_heads=4, num_layers=3, causal=causal, max_position=16)
-    enc = alibi.Encoding(dims=dims)
-    term = enc.logits(q, q, pos, pos, 0)
-    assert term.shape == (1, 4, 6, 6)  # broadcast over the batch, not materialised
-    np.testing.assert_allclose(term, alibi.bias(pos, pos, 4, symmetric=not causal))
-    np.testing.assert_allclose(enc.logits(q, q, pos, pos, 2), term)  # same in every layer
+  pos = jnp.arange(6)[None] * 3
+  return enc, enc.logits(q, q, pos, pos, 0), enc.logits(q, q, pos, pos, 2), pos
+
+
+def test_hook_forms_by_mode_and_direction():
+  # Encoder: asymmetric by default, symmetric on request; the same term in every layer,
+  # broadcast over the batch (not materialised).
+  for options, form in (({}, "asymmetric"), ({"direction": "asymmetric"}, "asymmetric"),
+                        ({"direction": "symmetric"}, "symmetric")):
+    enc, term, term_layer2, pos = _term(False, **options)
+    assert enc.form() == form and term.shape == (1, 4, 6, 6)
+    np.testing.assert_allclose(term, alibi.bias(pos, pos, 4, form=form))
+    np.testing.assert_allclose(term_layer2, term)
+  # Decoder: −m·(i − j), as before, whatever the direction (it only picks the encoder's form).
+  for options in ({}, {"direction": "symmetric"}):
+    enc, term, _, pos = _term(True, **options)
+    dist = np.asarray(pos[0])[:, None] - np.asarray(pos[0])[None]
+    np.testing.assert_allclose(term[0], -alibi.slopes(4)[:, None, None] * dist, rtol=1e-6)
   assert not hasattr(alibi.Encoding, "embed")  # no input encoding
+
+
+def test_direction_config():
+  from posenc import encodings
+  assert encodings.default_config("alibi").direction == "asymmetric"
+  from configs import alibi as alibi_config
+  for preset in ("smoke", "default", "paper"):
+    assert alibi_config.get_config(preset).encoding.direction == "asymmetric"
+  with pytest.raises(ConfigError, match="config.encoding.direction"):
+    _term(False, direction="left")
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -70,3 +146,8 @@ def test_smoke(tmp_path, causal):
   results = helpers.run_smoke(tmp_path, "alibi", **{"model.causal": causal})
   helpers.check_smoke_results(results)
   assert results["mode"] == ("decoder" if causal else "encoder")
+
+
+def test_smoke_symmetric_encoder(tmp_path):
+  results = helpers.run_smoke(tmp_path, "alibi", **{"encoding.direction": "symmetric"})
+  helpers.check_smoke_results(results)
