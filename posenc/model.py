@@ -85,7 +85,7 @@ class Transformer(nn.Module):
         cached_k.value = put(cached_k.value, k_BxLxHxDh)
         cached_v.value = put(cached_v.value, v_BxLxHxDh)
         k_BxLxHxDh, v_BxLxHxDh = cached_k.value, cached_v.value
-    scale = enc.CONTENT_SCALE / math.sqrt(dh)
+    scale = enc.content_scale() / math.sqrt(dh)
     # The fused kernel pays on accelerators; XLA's CPU lowering of it was 2x slower than these
     # einsums at evaluation lengths (sinusoidal over 41..500: 85 s against ALiBi's 42 s).
     explicit = (cfg.attention == "explicit"

@@ -130,3 +130,50 @@ def test_smoke(tmp_path, causal):
   results = helpers.run_smoke(tmp_path, "t5", **{"model.causal": causal})
   helpers.check_smoke_results(results)
   assert results["mode"] == ("decoder" if causal else "encoder")
+
+
+def test_qk_scaling_option():
+  from posenc import encodings
+  assert encodings.default_config("t5").qk_scaling == "sqrt"
+  dims = Dims(d_model=32, num_heads=2, num_layers=1, causal=False, max_position=64)  # d_h = 16
+  assert t5.Encoding(dims=dims).content_scale() == 1.0
+  assert t5.Encoding(dims=dims, qk_scaling="none").content_scale() == pytest.approx(4.0)
+  with pytest.raises(ConfigError, match="config.encoding.qk_scaling"):
+    t5.Encoding(dims=dims, qk_scaling="half").check(10)
+
+
+def test_unscaled_logits_in_the_model():
+  """With ``qk_scaling="none"`` the model's pre-softmax logits are ``q·k + b``: with the same
+  parameters they are ``sqrt(d_h)`` times the default's content logits, plus the same bias."""
+  from posenc.model import ModelConfig, Transformer
+  cfg = ModelConfig(vocab_size=5, output_vocab_size=5, d_model=32, num_heads=2, num_layers=1,
+                    d_ff=16, dropout=0.0)
+  dims = Dims(d_model=32, num_heads=2, num_layers=1, causal=False, max_position=64)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 7), 0, 5)
+  pos, valid = jnp.arange(7)[None], jnp.ones((2, 7), bool)
+
+  def log_weights(params, qk_scaling):
+    model = Transformer(cfg, t5.Encoding(dims=dims, qk_scaling=qk_scaling), capture_attention=True)
+    _, state = model.apply(params, tokens, pos, valid, mutable=["intermediates"])
+    return np.log(np.asarray(state["intermediates"]["attention_0"][0], np.float64))
+
+  model = Transformer(cfg, t5.Encoding(dims=dims), capture_attention=True)
+  params = model.init(jax.random.PRNGKey(1), tokens, pos, valid)
+  table = params["params"]["encoding"]["relative_attention_bias"]
+  # Bias zero: log-softmax rows of sqrt(d_h)·s and of s differ by a per-row constant only.
+  zero = jax.tree_util.tree_map(lambda x: x, params)
+  zero["params"]["encoding"]["relative_attention_bias"] = jnp.zeros_like(table)
+  diff = log_weights(zero, "none") - 4.0 * log_weights(zero, "sqrt")
+  np.testing.assert_allclose(diff - diff[..., :1], 0.0, atol=1e-4)
+  assert np.ptp(log_weights(zero, "none") - log_weights(zero, "sqrt"), axis=-1).max() > 1e-2
+  # Content zero (query kernel zeroed): both are softmax(b), the bias unscaled in either.
+  no_content = jax.tree_util.tree_map(lambda x: x, params)
+  no_content["params"]["layer0_query"] = jax.tree_util.tree_map(
+      jnp.zeros_like, params["params"]["layer0_query"])
+  np.testing.assert_allclose(log_weights(no_content, "none"), log_weights(no_content, "sqrt"),
+                             atol=1e-5)
+
+
+def test_smoke_unscaled(tmp_path):
+  results = helpers.run_smoke(tmp_path, "t5", **{"encoding.qk_scaling": "none"})
+  helpers.check_smoke_results(results)

@@ -26,7 +26,8 @@ Class attributes a scheme may set:
 * ``MODE_REASON``: one sentence saying why the other mode is refused.
 * ``QKV_BIAS``: whether the q/k/v projections carry their own bias (FLOATER: no).
 * ``CONTENT_SCALE``: multiplies the content logits ``q·k / sqrt(Dh)``
-  (DeBERTa and TUPE rescale them).
+  (DeBERTa and TUPE rescale them). The model reads it through ``content_scale()``, which a
+  scheme overrides when an option sets the scale per instance (T5's ``qk_scaling="none"``).
 * ``EVAL_CACHE``: names of batch-free arrays that ``setup`` computes from the parameters
   alone (FLOATER's solved table). Evaluation computes them once, for its longest length,
   and passes them to every program in the ``"cache"`` collection; ``setup`` then uses
@@ -122,6 +123,10 @@ class Encoding(nn.Module):
   def incremental(self) -> bool:
     """Whether a token's output depends on earlier tokens only through attention."""
     return self.INCREMENTAL
+
+  def content_scale(self) -> float:
+    """The factor on ``q·k / sqrt(Dh)`` (a Python float; default ``CONTENT_SCALE``)."""
+    return self.CONTENT_SCALE
 
   def eval_cache_names(self) -> tuple[str, ...]:
     """The ``EVAL_CACHE`` arrays this module's options need (default: all of them)."""

@@ -25,6 +25,28 @@ re-statement for the default and other usual settings. Where ``log(n/max_exact)`
 lands exactly on a bucket boundary in an unusual setting, float32 and float64 can
 differ by one bucket (e.g. 256 bidirectional buckets, ``max_distance`` 100, at
 ``|r| = 80``); this follows the official float32.
+
+Content scaling (``encoding.qk_scaling``). The original computes the logits as
+``q·k + b_ij`` with no ``1/sqrt(d_h)``: mesh-tensorflow folds that factor into the
+initialisation of the query projection instead (std ``(d_model·d_h)^-0.5`` against
+``d_model^-0.5`` for the keys; HF ``T5PreTrainedModel._init_weights``, "Mesh TensorFlow
+attention initialization to avoid scaling before softmax", and ``T5Attention.forward``,
+whose scores are the bare ``matmul(q, kᵀ)``).
+
+* ``"sqrt"`` (default): ``q·k/sqrt(d_h) + b_ij``, the model's scaling for every scheme.
+  The q/k projections here are initialised ``d_model^-0.5`` (LeCun normal) whatever the
+  scheme, so these logits have at initialisation the distribution of the original's
+  folded-in form (``q/sqrt(d_h)`` here has the variance of the original's ``q``), and the
+  bias meets content logits of the same size as in T5. The two differ only in training:
+  under Adam, whose steps have about the same size whatever a weight's scale, the
+  original's ``sqrt(d_h)`` times smaller query weights move its logits ``sqrt(d_h)`` times
+  faster. It also keeps T5 comparable with the other schemes, which all share this scaling.
+* ``"none"``: ``q·k + b_ij``, T5's formula as written (for weights ported from a T5
+  checkpoint, or to match an implementation that scales nothing). With this framework's
+  initialisation, the content logits start ``sqrt(d_h)`` times larger than T5's.
+
+``content_scale()`` passes the choice to the model (``sqrt(d_h)`` for ``"none"``, which
+cancels the model's ``1/sqrt(d_h)``); the bias ``b_ij`` is never scaled.
 """
 
 from __future__ import annotations
@@ -37,6 +59,8 @@ import jax.numpy as jnp
 
 from posenc.encodings.base import Encoding as _Base
 from posenc.errors import ConfigError
+
+QK_SCALINGS = ("sqrt", "none")
 
 
 def relative_position_bucket(relative_position: jax.Array, bidirectional: bool = True,
@@ -81,10 +105,17 @@ class Encoding(_Base):
   Buckets are bidirectional in the encoder and unidirectional in the causal
   decoder, as T5's encoder and decoder stacks use them. Initialised
   ``N(0, d_model^-0.5)`` like HF ``T5PreTrainedModel._init_weights``.
+  ``qk_scaling``: ``"sqrt"`` (default, ``q·k/sqrt(d_h)``) or ``"none"`` (``q·k``, T5's
+  formula); see the module docstring.
   """
 
   num_buckets: int = 32
   max_distance: int = 128
+  qk_scaling: str = "sqrt"
+
+  def content_scale(self) -> float:
+    # The model multiplies q·k by content_scale()/sqrt(d_h): sqrt(d_h) cancels it for "none".
+    return math.sqrt(self.dims.head_dim) if self.qk_scaling == "none" else self.CONTENT_SCALE
 
   def setup(self):
     self.table = self.param("relative_attention_bias",
@@ -93,6 +124,10 @@ class Encoding(_Base):
 
   def check(self, max_position):
     del max_position  # every distance has a bucket (the last one is open-ended)
+    if self.qk_scaling not in QK_SCALINGS:
+      raise ConfigError("config.encoding.qk_scaling",
+                        f"unknown {self.qk_scaling!r}; choose one of {', '.join(QK_SCALINGS)} "
+                        "(sqrt: q·k/sqrt(d_h), the default; none: q·k, as T5 writes it)")
     min_buckets = 4 if not self.dims.causal else 2
     if self.num_buckets < min_buckets or self.num_buckets % 2:
       raise ConfigError("config.encoding.num_buckets",
