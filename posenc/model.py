@@ -5,7 +5,8 @@ at fixed points; the model never looks at the scheme's name. Without a
 ``logits``/``values`` hook, attention on an accelerator is
 ``jax.nn.dot_product_attention`` (fused kernels); otherwise (and on CPUs, where the
 explicit form is faster) logits are built explicitly and the scheme's additive term
-is added in float32.
+is added in float32. A scheme with ``attend`` forms the weights and mixes the values
+itself; one with ``projection`` owns the q/k/v and output projections.
 
 Incremental decoding (greedy answers in ``posenc.decoding``): ``decode="prefill"``
 runs the full forward pass and also stores every layer's keys and values (after the
@@ -68,7 +69,10 @@ class Transformer(nn.Module):
     heads, dh = cfg.num_heads, cfg.d_model // cfg.num_heads
     dense = lambda n: nn.DenseGeneral((heads, dh), use_bias=enc.QKV_BIAS, dtype=self._dtype,
                                       name=f"layer{layer}_{n}")
-    q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = dense("query")(x), dense("key")(x), dense("value")(x)
+    if hasattr(enc, "projection"):  # the scheme owns the q/k/v/out projections
+      q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = (enc.projection(x, n, layer) for n in ("query", "key", "value"))
+    else:
+      q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = dense("query")(x), dense("key")(x), dense("value")(x)
     if k_pos is None:
       k_pos = pos
     if hasattr(enc, "project"):
@@ -90,7 +94,11 @@ class Transformer(nn.Module):
     # einsums at evaluation lengths (sinusoidal over 41..500: 85 s against ALiBi's 42 s).
     explicit = (cfg.attention == "explicit"
                 or (cfg.attention == "auto" and jax.default_backend() == "cpu"))
-    if explicit or hasattr(enc, "logits") or hasattr(enc, "values") or self.capture_attention:
+    if hasattr(enc, "attend"):  # the scheme forms the weights and mixes the values itself
+      o_BxLxHxDh, w_BxHxLxL = enc.attend(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, pos, k_pos, mask, layer)
+      if self.capture_attention and w_BxHxLxL is not None:
+        self.sow("intermediates", f"attention_{layer}", w_BxHxLxL)
+    elif explicit or hasattr(enc, "logits") or hasattr(enc, "values") or self.capture_attention:
       s_BxHxLxL = jnp.einsum("bqhd,bkhd->bhqk", q_BxLxHxDh, k_BxLxHxDh,
                              preferred_element_type=jnp.float32) * scale
       if hasattr(enc, "logits"):
@@ -106,6 +114,8 @@ class Transformer(nn.Module):
     else:
       o_BxLxHxDh = jax.nn.dot_product_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh,
                                                 mask=mask, scale=scale)
+    if hasattr(enc, "projection"):
+      return enc.projection(o_BxLxHxDh, "out", layer)
     return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=self._dtype,
                            name=f"layer{layer}_out")(o_BxLxHxDh)
 

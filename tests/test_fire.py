@@ -87,6 +87,24 @@ def test_bias_is_the_mlp_of_the_normalised_distance():
   assert float(jnp.abs(grads["params"]["fire_layer0"]["c"])) > 0
 
 
+def test_direction_blind_in_an_encoder():
+  # Documented in the module docstring: the encoder's input is ψ(|i − j|) / ψ(max(L̂, i)), so
+  # each query row mirrors; with a small threshold the normaliser varies with the query, and
+  # the term is then not even in i − j, yet every row still cannot tell left from right.
+  dims = Dims(d_model=16, num_heads=2, num_layers=1, causal=False, max_position=64)
+  enc = fire.Encoding(dims=dims, init_length=4.0)
+  pos = jnp.arange(9)[None] * 3
+  q = jnp.zeros((1, 9, 2, 8))
+  variables = enc.init(jax.random.PRNGKey(3), q, q, pos, pos, 0, method=enc.logits)
+  term = np.asarray(enc.apply(variables, q, q, pos, pos, 0, method=enc.logits))[0]
+  for d in range(1, 5):
+    i = np.arange(d, 9 - d)
+    np.testing.assert_array_equal(term[:, i, i - d], term[:, i, i + d])
+  assert not np.allclose(term, np.swapaxes(term, 1, 2))  # the normaliser depends on i
+  assert np.ptp(term[:, 4, :]) > 0
+  assert "direction-blind" in fire.__doc__.lower()
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_smoke(tmp_path, causal):
   results = helpers.run_smoke(tmp_path, "fire", **{"model.causal": causal})

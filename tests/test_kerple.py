@@ -24,6 +24,15 @@ def _init(variant="log", positivity="clamp", heads=4, layers=3, causal=False, se
   return enc, variables
 
 
+def _assert_direction_blind(term_HxLxL):
+  """For every query row, the key d before it and the key d after it get the same bias."""
+  term = np.asarray(term_HxLxL)
+  length = term.shape[-1]
+  for d in range(1, length // 2 + 1):
+    i = np.arange(d, length - d)
+    np.testing.assert_array_equal(term[:, i, i - d], term[:, i, i + d])
+
+
 def test_log_bias_values():
   r1, r2 = jnp.array([0.5, 2.0]), jnp.array([0.1, 1.0])
   d = jnp.array([[0.0, 1.0, 2.0, 10.0]])
@@ -79,6 +88,18 @@ def test_distances_by_mode():
     dist = np.maximum(dist, 0) if causal else np.abs(dist)
     want = -r1[:, None, None] * np.log1p(r2[:, None, None] * dist)
     np.testing.assert_allclose(term[0], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", kerple.VARIANTS)
+def test_direction_blind_in_an_encoder(variant):
+  # Documented in the module docstring (no direction-aware form in the paper or its code).
+  enc, variables = _init(variant=variant)
+  pos = jnp.arange(9)[None] * 5 + 3
+  q = jnp.zeros((1, 9, 4, 8))
+  term = enc.apply(variables, q, q, pos, pos, 0, method=enc.logits)[0]
+  _assert_direction_blind(term)
+  assert np.ptp(np.asarray(term)[:, 4, :]) > 0  # it does vary with the distance
+  assert "direction-blind" in kerple.__doc__.lower()
 
 
 def test_clamp_bounds_with_straight_through_gradient():

@@ -14,7 +14,23 @@ hook                                                called / returns
 ``project(q, k, v, q_pos, k_pos, layer[, context])``  after the q/k/v projections -> ``q, k, v``
 ``logits(q, k, q_pos, k_pos, layer[, mask])``       inside attention -> additive ``[B|1,H,Lq,Lk]``
 ``values(weights, q_pos, k_pos, layer)``            after softmax -> additive ``[B,Lq,H,Dh]``
+``projection(x, kind, layer)``                      replaces a projection (see below)
+``attend(q, k, v, q_pos, k_pos, mask, layer)``      replaces scores/softmax/mixing -> ``o, w``
 =================================================  =========================================
+
+The last two let a scheme own the attention sublayer (complex order's complex-valued
+attention): with ``projection``, the model calls ``projection(x, kind, layer)`` for
+``kind`` in ``"query"``, ``"key"``, ``"value"`` on the block's input ``[B, L, D]`` (each
+returning ``[B, L, H, E]``, any per-head width ``E`` the scheme's attention reads) and
+``projection(o, "out", layer)`` on the attention output (returning ``[B, L, D]``), and creates
+no projections of its own; ``project`` still applies after it and the key/value cache stores
+what it returns. With ``attend``, the model hands over the projected (and ``project``-ed,
+in decoding the cached) ``q, k, v``, the query and key positions and the boolean ``mask``
+``[B|1, 1, Lq, Lk]`` (padding, causality, decoding step all in it) and takes back the output
+``o`` ``[B, Lq, H, E]`` and the weights ``w`` ``[B, H, Lq, Lk]`` (sown when attention is
+captured; None if the scheme never forms them). The model then adds no ``logits`` or
+``values`` term and ignores ``CONTENT_SCALE``: a scheme with ``attend`` computes everything
+inside attention itself (its own scores, gates, stick-breaking or forgetting weights).
 
 Shapes: ``tokens`` is int32 ``[B, L]`` (ids below ``dims.vocab_size``); ``x`` is ``[B, L, D]``; ``q, k, v`` are ``[B, L, H, Dh]``; positions are
 int32 ``[B|1, L]`` (explicit, never an implicit ``arange``); ``weights`` are
@@ -71,7 +87,8 @@ from typing import ClassVar
 
 import flax.linen as nn
 
-HOOKS = ("token_embed", "embed", "layer_input", "project", "logits", "values")
+HOOKS = ("token_embed", "embed", "layer_input", "project", "logits", "values", "projection",
+         "attend")
 
 
 @dataclasses.dataclass(frozen=True)

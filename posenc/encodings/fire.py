@@ -15,7 +15,12 @@ variant the paper also reports).
 
 Encoder: the distance is ``|i − j|`` (the normaliser stays ``ψ(max(L̂, i))``), so
 keys after the query mirror those before it; for ``i < L̂`` the input stays in
-``[0, 1]``, beyond it a key far after the query may map above 1.
+``[0, 1]``, beyond it a key far after the query may map above 1. FIRE is thus
+direction-blind in an encoder: for a given query, a key ``d`` before it and a key ``d``
+after it get the same bias (only the sequence's ends break the mirror symmetry). The
+paper's models are causal decoders and its appendix code, which takes ``|c·(i − j)|``,
+runs under a causal mask; neither (nor the public re-implementations read, e.g.
+``mcleish7/arithmetic``) defines a direction-aware form, so none is invented here.
 """
 
 from __future__ import annotations

@@ -25,6 +25,13 @@ Positivity (``encoding.positivity``):
 Distances: ``i − j`` in a decoder (clipped at 0: keys after the query are
 masked anyway, and this keeps ``log``/``pow`` finite there), ``|i − j|`` in an
 encoder.
+
+Direction-blind in an encoder: the bias depends on ``|i − j|`` only, so for a given query
+a key ``d`` before it and a key ``d`` after it get the same bias (only the sequence's ends
+break the mirror symmetry). KERPLE's paper and official code (GPT-NeoX causal language
+models, whose distance matrix is the lower triangle ``tril(i − j)``) define no encoder form,
+so none is invented here; ALiBi's asymmetric encoder form (Ruoss et al. 2023, half a slope
+off for keys before the query) is the nearest precedent.
 """
 
 from __future__ import annotations
