@@ -101,11 +101,18 @@ class Setup:
                 num_layers=self.model_cfg.num_layers, causal=self.causal,
                 max_position=max_position, vocab_size=self.model_cfg.vocab_size,
                 train_length=data_lib.total_length(self.task, self.config.task.train_max_length),
-                contiguous=contiguous)
+                contiguous=contiguous, train_positions=self.train_positions())
     return Transformer(self.model_cfg, encodings.build(self.config.encoding, dims))
 
   def train_bound(self) -> int:
     return positions_lib.bound(self.config.positions, self.train_padded, train=True)
+
+  def train_positions(self) -> int:
+    """Every real training token's position is below this (``Dims.train_positions``);
+    unlike ``train_bound`` it leaves out the padding of the training program."""
+    return positions_lib.bound(
+        self.config.positions,
+        data_lib.total_length(self.task, self.config.task.train_max_length), train=True)
 
   def eval_bound(self, padded: int) -> int:
     return positions_lib.bound(self.config.positions, padded, train=False)
@@ -147,8 +154,18 @@ def _check_micro_batch(config: ml_collections.ConfigDict) -> None:
                       f"one of {divisors}")
 
 
+def _check_finite(config: ml_collections.ConfigDict) -> None:
+  """Every float field must be finite: NaN passes every ``<``/``>`` check (and would only show
+  as a diverged loss steps later), and no field means anything by an infinity."""
+  for key, value in _flatten(config.to_dict()).items():
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+      raise ConfigError(f"config.{key}", f"must be a finite number, got {value}; set a finite "
+                        "value (or leave it out for the preset's)")
+
+
 def setup(config: ml_collections.ConfigDict) -> Setup:
   """Validates ``config`` and derives the run's shapes; raises ConfigError naming the field."""
+  _check_finite(config)
   # The config goes along so a task with settings of its own (language modelling: corpus,
   # evaluation lengths, decoder only) is built and validated here, before any compute.
   task = tasks.get(config.task.name, config)
@@ -769,6 +786,25 @@ def eval_cache(s: Setup, params, num_seeds: int = 1) -> dict:
   return {"cache": {"encoding": arrays}} if arrays else {}
 
 
+def encoding_report(s: Setup, params, num_seeds: int = 1) -> list[dict]:
+  """Per seed, the scheme's own numbers about its trained parameters for ``results.json``,
+  from its optional module method ``report(train_positions)`` (jittable, returning scalars),
+  applied at the longest evaluated position (FLOATER: its trajectory's growth beyond the
+  training positions); ``[{}, ...]`` when the scheme defines none."""
+  if not callable(getattr(encodings.get(s.config.encoding.name), "report", None)) or not s.eval_buckets:
+    return [{} for _ in range(num_seeds)]
+  model = s.model(max(s.eval_bound(padded) for _, padded in s.eval_buckets))
+
+  def compute(params):  # "diagnostics" mutable: schemes report failures as values (no callback)
+    out, _ = model.apply({"params": params}, method=lambda m: m.encoding.report(s.train_bound()),
+                         mutable=["diagnostics"])
+    return out
+
+  out = jax.device_get(jax.jit(seeded(compute, num_seeds, seed_loop(s.config)))(params))
+  return [{k: float(np.reshape(v, (num_seeds, -1))[i, 0]) for k, v in out.items()}
+          for i in range(num_seeds)]
+
+
 def _nanmean(values) -> float:
   """Mean over the finite values; NaN (without numpy's warning) when there are none."""
   finite = [v for v in values if not math.isnan(v)]
@@ -961,6 +997,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
                  "and the changed setting") if total else "no training step was run"
     raise TrainingDiverged(f"evaluation failed: {msg}; {kept_eval}") from None
   eval_s = time.perf_counter() - t_eval
+  reports = encoding_report(s, state["params"], S)  # e.g. FLOATER's trajectory growth
+  for k, r in enumerate(reports if reports[0] else []):
+    log(f"{config.encoding.name}" + (f" (seed {config.seed + k})" if S > 1 else "") + ": "
+        + ", ".join(f"{name} {value:.4g}" for name, value in r.items()))
   if hasattr(s.task, "evaluate"):
     summary = {k: extra.pop(k) for k in ("in_range_score", "out_of_range_score")}
   per_seed = per_length if S > 1 else [per_length]
@@ -989,6 +1029,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
         "eval_programs": len(s.eval_buckets), "num_params": n_params // S,
         "timing": {"compile_s": compile_s, "train_s": train_s, "eval_s": eval_s},
         "mode": "decoder" if s.causal else "encoder", **extra, **greedy_of(k),
+        **({} if not reports[0] else {"encoding_report": reports[k]} if k is not None
+           else {"encoding_report_per_seed": reports}),
     }
 
   title = f"{config.encoding.name} on {config.task.name}"

@@ -102,6 +102,9 @@ class Dims:
   the number of token ids (for schemes that own the token embedding).
   ``contiguous``: every positions array of the program is ``[1, L]`` and equals
   ``positions[0, 0] + arange(L)`` (shared by the batch, no gaps); False promises nothing.
+  ``train_positions``: every position a real (unpadded) training token can have is below it,
+  the same in every program of a run (offsets and randomized positions included; padding
+  positions are excluded: they are masked, so table rows there get no gradient); 0: unknown.
   """
 
   d_model: int
@@ -112,6 +115,7 @@ class Dims:
   train_length: int = 0
   vocab_size: int = 0
   contiguous: bool = False
+  train_positions: int = 0
 
   @property
   def head_dim(self) -> int:
