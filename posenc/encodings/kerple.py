@@ -30,8 +30,8 @@ Direction-blind in an encoder: the bias depends on ``|i − j|`` only, so for a 
 a key ``d`` before it and a key ``d`` after it get the same bias (only the sequence's ends
 break the mirror symmetry). KERPLE's paper and official code (GPT-NeoX causal language
 models, whose distance matrix is the lower triangle ``tril(i − j)``) define no encoder form,
-so none is invented here; ALiBi's asymmetric encoder form (Ruoss et al. 2023, half a slope
-off for keys before the query) is the nearest precedent.
+so none is invented here; ALiBi's asymmetric encoder form (Ruoss et al. 2023: keys before
+the query are penalised half a slope less) is the nearest precedent.
 """
 
 from __future__ import annotations

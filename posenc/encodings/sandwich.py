@@ -11,7 +11,9 @@ It is even in ``i − j``, ``0`` at ``i = j`` and ``≤ 0`` elsewhere, and keeps
 varying (log-like) beyond the training length. Being even, it is direction-blind in an
 encoder: a key ``d`` before the query and a key ``d`` after it get the same bias (only the
 sequence's ends break the mirror symmetry). The paper studies causal language models only
-and gives no direction-aware form, so none is invented here. ``d'`` (``encoding.dim``) is a hyperparameter independent of
+and gives no direction-aware form, so none is invented here.
+
+``d'`` (``encoding.dim``) is a hyperparameter independent of
 the model width. Note: the sum runs over ``m = 1..d'/2`` as in the paper's
 formula (frequencies ``10000^{−2/d'} … 10000^{−1}``), not the ``m = 0..d'/2−1``
 of the sinusoidal table.
