@@ -11,6 +11,12 @@ workdir is ``<sweep root>/<point name>`` unless ``--workdir`` names one.
 Bad input (an unknown scheme, task, preset or override key; a length a scheme
 cannot represent; a workdir that is a file) ends with one line naming the field
 and exit status 2, before any compute.
+
+A run holds an exclusive lock on its workdir (``<workdir>/.lock``, see
+posenc/workdir_lock.py) from the end of validation to its exit. A second run on a
+workdir that a live run holds stops at once, before writing anything, with one line
+naming the workdir and the holder (host, pid, start time) and exit status 2. A killed
+run's lock dies with it.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ def main(argv):
   # A check failing inside a compiled step (e.g. FLOATER's ODE solver) is also logged, with a
   # traceback, by JAX's callback machinery; train.py reports the error itself as one line.
   std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
-  from posenc import parallel, train  # imports JAX; kept after flag parsing so --help is instant
+  from posenc import parallel, train, workdir_lock  # imports JAX; after flag parsing: --help is instant
   distributed = parallel.maybe_initialize_distributed(force=_DISTRIBUTED.value)
 
   try:
@@ -81,7 +87,12 @@ def main(argv):
         config.workdir = _WORKDIR.value
     if not distributed and config.get("seed_loop", "auto") in ("auto", "shard"):
       parallel.provide_cpu_devices(config.num_seeds)  # seeds side by side on the cores
-    train.train_and_evaluate(config)
+    # Validate, then lock the workdir for the rest of this process's life (one writer per
+    # workdir; multi-host: process 0 locks), then train.
+    s = train.setup(config)
+    train.check_workdir(s)
+    with workdir_lock.acquire_on_process_0(s.workdir):
+      train.train_and_evaluate(config)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

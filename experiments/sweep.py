@@ -11,6 +11,15 @@ the same command. ``--shard=i/n`` runs every n-th point from the i-th (one share
 Compiled programs are kept in JAX's persistent cache (``<root>/.jax_cache``), so the second
 seed of a scheme and task starts without compiling.
 
+Workers sharing a root: start the same command N times (on one machine with many cores, or on
+several hosts whose root is shared storage with working file locks); no scheduler is needed.
+Each point runs under an exclusive lock on its workdir (posenc/workdir_lock.py), so each worker
+takes the next point that is neither finished nor locked and passes over those another worker
+holds ("skip (running elsewhere: host, pid, start)"); no point runs twice, and N workers finish
+about N times sooner. A worker ends when it has been through the list; a point whose worker was
+killed is taken (and resumed from its checkpoint) by the next command started on the root.
+See docs/clusters.md.
+
 ``--print_commands`` prints one ``python -m experiments.run ... --sweep_index=N`` line per point,
 carrying this command's ``--config.*`` overrides and ``--root``, so a job array runs exactly these
 points; ``--count`` prints how many there are. Points and their workdirs are explained in

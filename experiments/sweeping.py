@@ -36,6 +36,10 @@ folder are an error.
 Running them (:func:`run_points`, behind ``python -m experiments.sweep``) skips a point whose
 workdir has a ``DONE`` for the same config hash, and lets ``train_and_evaluate`` resume the others
 from their checkpoints; :func:`commands` gives the ``experiments.run --sweep_index`` lines.
+Each point runs under its workdir's lock (posenc/workdir_lock.py), and a point whose lock another
+process holds is passed over ("running elsewhere"): so several sweep processes given the same
+root (on one machine, or on several hosts over shared storage) each take the next point that is
+neither finished nor locked, and no point runs twice.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 import ml_collections
 
-from posenc import encodings, tasks
+from posenc import encodings, tasks, workdir_lock
 from posenc.errors import ConfigError
 
 SCHEME_KEY = "scheme"
@@ -479,35 +483,77 @@ def run_points(resolved: Sequence[tuple[dict[str, Any], ml_collections.ConfigDic
 
   n = len(resolved)
   width = len(str(n))
-  status: dict[str, list[int]] = {"ran": [], "skipped": [], "failed": []}
+  status: dict[str, list[int]] = {"ran": [], "skipped": [], "elsewhere": [], "failed": []}
   mine = shard_indices(n, shard)
   for i in mine:
     point, config = resolved[i]
     tag = f"sweep [{i + 1:>{width}}/{n}]"
-    if finished(config):
+    decision, lock, holder = claim(config)
+    if decision == "finished":
       status["skipped"].append(i)
       say(f"{tag} skip (finished): {describe(point)} -> {config.workdir}")
       continue
-    say(f"{tag} run: {describe(point)} -> {config.workdir}")
-    t0 = time.perf_counter()
-    try:
-      results = train.train_and_evaluate(config, log=log)
-    except Exception as e:  # noqa: BLE001 — one broken point must not end an overnight sweep
-      status["failed"].append(i)
-      if not isinstance(e, (ConfigError, train.TrainingDiverged)):
-        traceback.print_exc(file=out or sys.stdout)
-      say(f"{tag} FAILED after {time.perf_counter() - t0:.0f}s: {type(e).__name__}: {e}")
-      if stop_on_error:
-        break
+    if decision == "elsewhere":
+      status["elsewhere"].append(i)
+      say(f"{tag} skip (running elsewhere: {workdir_lock.describe(holder)}): {describe(point)} "
+          f"-> {config.workdir}")
       continue
-    finally:
-      jax.clear_caches()  # one process runs many programs; keep its memory flat
+    with lock:
+      say(f"{tag} run: {describe(point)} -> {config.workdir}")
+      t0 = time.perf_counter()
+      try:
+        results = train.train_and_evaluate(config, log=log)
+      except Exception as e:  # noqa: BLE001 — one broken point must not end an overnight sweep
+        status["failed"].append(i)
+        if not isinstance(e, (ConfigError, train.TrainingDiverged)):
+          traceback.print_exc(file=out or sys.stdout)
+        say(f"{tag} FAILED after {time.perf_counter() - t0:.0f}s: {type(e).__name__}: {e}")
+        if stop_on_error:
+          break
+        continue
+      finally:
+        jax.clear_caches()  # one process runs many programs; keep its memory flat
     status["ran"].append(i)
     say(f"{tag} done in {time.perf_counter() - t0:.0f}s: {results['scheme']} on {results['task']} "
         f"seed {results['seed']}: in-range {_fmt(results['in_range_score'])}, "
         f"beyond {_fmt(results['out_of_range_score'])}")
-  failed = status["failed"]
+  failed, elsewhere = status["failed"], status["elsewhere"]
   say(f"sweep: {len(mine)} points{f' (shard {shard[0]}/{shard[1]} of {n})' if shard[1] > 1 else ''}: "
-      f"{len(status['ran'])} run, {len(status['skipped'])} skipped (finished), {len(failed)} failed"
-      + (f": indices {', '.join(map(str, failed))}" if failed else ""))
+      f"{len(status['ran'])} run, {len(status['skipped'])} skipped (finished), "
+      + (f"{len(elsewhere)} running elsewhere (another worker holds them; start this command "
+         "again after it ends to pick up any it left unfinished), " if elsewhere else "")
+      + f"{len(failed)} failed" + (f": indices {', '.join(map(str, failed))}" if failed else ""))
   return status
+
+
+_CLAIMS = ("run", "finished", "elsewhere")
+
+
+def claim(config: ml_collections.ConfigDict
+          ) -> tuple[str, "workdir_lock.WorkdirLock | None", dict[str, Any] | None]:
+  """Whether this process runs the point of ``config``: ``(decision, lock, holder)``.
+
+  ``"finished"``: its workdir holds a finished run of this config. ``"elsewhere"``: another
+  process holds its workdir's lock (``holder``: its details). ``"run"``: this process now holds
+  ``lock`` (release it when the point ends). Finished is checked again under the lock, since
+  another worker may have finished the point between the first look and the lock.
+  Multi-host (every process runs the same point): process 0 decides and locks for all.
+  """
+  import jax
+  decision, lock, holder = "run", None, None
+  if jax.process_index() == 0:
+    if finished(config):
+      decision = "finished"
+    else:
+      try:
+        lock = workdir_lock.acquire(config.workdir)
+      except workdir_lock.WorkdirLocked as e:
+        decision, holder = "elsewhere", e.holder
+      else:
+        if finished(config):
+          lock.release()
+          decision, lock = "finished", None
+  decision = _CLAIMS[workdir_lock.agree(_CLAIMS.index(decision))]
+  if decision == "run" and lock is None:  # a process other than 0, or locking turned off
+    lock = workdir_lock.WorkdirLock(config.workdir, None, False, None)
+  return decision, lock, holder

@@ -8,6 +8,8 @@ parallel subprocesses, including everything only the flag parser sees.
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import re
 import shutil
@@ -19,7 +21,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 import pytest
 
-from posenc import reporting, train
+from experiments import sweeping
+from posenc import encodings, reporting, train
 from posenc.errors import ConfigError
 from tests import helpers
 
@@ -106,6 +109,9 @@ CASES = {
     "greedy decoding in an encoder": ("sinusoidal", {"eval.greedy": True}, "config.eval.greedy"),
     "evaluation passes that do not divide the batch": ("sinusoidal", {"eval.micro_batch": 3},
                                                        "config.eval.micro_batch"),
+    "NaN learning rate": ("sinusoidal", {"train.learning_rate": float("nan")},
+                          "config.train.learning_rate"),
+    "infinite RoPE base": ("rope", {"encoding.base": float("inf")}, "config.encoding.base"),
 }
 
 
@@ -121,6 +127,45 @@ def test_config_mistakes_are_refused_before_anything_is_written(case, tmp_path):
   assert info.value.field == field and msg.startswith(f"{field}: "), msg
   assert "\n" not in msg and FIX.search(msg), msg
   assert snapshot(tmp_path) == before
+
+
+def test_every_float_field_of_every_scheme_refuses_nan_and_infinity():
+  """NaN passes every ``< 0`` check and would only surface as a diverged loss steps later."""
+  checked = 0
+  for scheme in encodings.names():
+    base = sweeping.scheme_config(scheme, "smoke")
+    fields = [k for k, v in sweeping.flatten(base).items() if isinstance(v, float)]
+    assert "train.learning_rate" in fields, (scheme, fields)
+    for key in fields:
+      for bad in (math.nan, math.inf, -math.inf):
+        c = copy.deepcopy(base)
+        sweeping.set_field(c, key, bad, where="test")
+        with pytest.raises(ConfigError) as info:
+          train.setup(c)
+        msg = str(info.value)
+        assert info.value.field == f"config.{key}", (scheme, key, msg)
+        assert f"must be a finite number, got {bad}" in msg and FIX.search(msg), msg
+        checked += 1
+  assert checked >= 3 * 15
+
+
+@pytest.mark.parametrize("scheme, extra", [("learned", {}), ("tupe", {}),
+                                           ("multiplicative", {"encoding.variant": "learned"}),
+                                           ("learned", {"positions.offset": 7})])
+def test_a_position_table_too_short_is_told_the_size_that_works(scheme, extra):
+  c = helpers.config(scheme, **{"eval.max_length": 100000, **extra})
+  with pytest.raises(ConfigError) as info:
+    train.setup(c)
+  m = re.search(r"positions up to (\d+) are needed .* raise --config\.encoding\.max_len to at "
+                r"least (\d+)\b", str(info.value))
+  assert m, str(info.value)
+  needed, hint = int(m[1]), int(m[2])
+  assert needed >= 100000 and hint == needed + 1
+  c.encoding.max_len = hint  # the suggested size works ...
+  train.setup(c)
+  c.encoding.max_len = hint - 1  # ... and is the smallest that does
+  with pytest.raises(ConfigError, match="config.encoding.max_len"):
+    train.setup(c)
 
 
 def test_workdir_mistakes_are_refused(tmp_path):
@@ -203,6 +248,8 @@ def test_the_command_line_gives_one_line_and_a_status(previous_run, tmp_path):
                                 f"--workdir={tmp_path / 'floater'}"], 2,
                                r"^config\.encoding: the floater scheme failed while initialising the "
                                r"model: FLOATER ODE solver: .*config\.encoding\.max_steps"),
+      "NaN learning rate": ([smoke, "--config.train.learning_rate=nan", f"--workdir={tmp_path / 'lr'}"],
+                            2, r"^config\.train\.learning_rate: must be a finite number, got nan; "),
       "diverges": ([smoke, "--config.train.learning_rate=1e30", "--config.train.warmup_steps=1000",
                     "--config.train.steps=6", f"--workdir={tmp_path / 'nan'}"], 3,
                    r"^training diverged at step [34]: loss or gradient norm is NaN/Inf; likely cause: "

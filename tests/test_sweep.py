@@ -264,7 +264,7 @@ def test_tiny_local_sweep_runs_skips_finished_points_and_resumes(tmp_path, capsy
   assert len(resolved) == 2 and resolved[1][1].eval.num_buckets == 1
   quiet = lambda *_: None
   status = sweeping.run_points(resolved, log=quiet)
-  assert status == {"ran": [0, 1], "skipped": [], "failed": []}
+  assert status == {"ran": [0, 1], "skipped": [], "elsewhere": [], "failed": []}
   results = [tmp_path / f"{s}-parity_check-seed0" / "results.json" for s in ("learned", "sinusoidal")]
   assert [str(p.parent) for p in results] == [cfg.workdir for _, cfg in resolved]
   mtimes = [os.stat(p).st_mtime_ns for p in results]
@@ -274,7 +274,7 @@ def test_tiny_local_sweep_runs_skips_finished_points_and_resumes(tmp_path, capsy
 
   # Re-run: both points are finished and skipped, nothing rewritten.
   status = sweeping.run_points(resolved, log=quiet)
-  assert status == {"ran": [], "skipped": [0, 1], "failed": []}
+  assert status == {"ran": [], "skipped": [0, 1], "elsewhere": [], "failed": []}
   assert [os.stat(p).st_mtime_ns for p in results] == mtimes
   assert capsys.readouterr().out.count("skip (finished)") == 2
 
@@ -283,7 +283,7 @@ def test_tiny_local_sweep_runs_skips_finished_points_and_resumes(tmp_path, capsy
   os.remove(results[1])
   logs = []
   status = sweeping.run_points(resolved, log=logs.append)
-  assert status == {"ran": [1], "skipped": [0], "failed": []}
+  assert status == {"ran": [1], "skipped": [0], "elsewhere": [], "failed": []}
   assert any("resumed from checkpoint at step 4" in l for l in logs)
   assert os.stat(results[0]).st_mtime_ns == mtimes[0]
 
