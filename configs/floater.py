@@ -18,6 +18,12 @@ sinusoidal run's q/k/v projection biases are dropped, since FLOATER's terms repl
 
 The paper's conceptual form (an additive per-layer input instead of q/k/v biases):
 ``--config.encoding.injection=layer_input``.
+
+Flows that stay bounded past the training positions (the paper's ``h`` is ``flow=free``):
+``--config.encoding.flow=tanh`` (speed ``|dp_i/dt| <= c``), ``decay`` (``|p_i| <=
+max(|p_i(0)|, c/λ)``), ``sphere`` (``‖p(t)‖ = ‖p(0)‖``), with ``c = encoding.flow_speed``,
+``λ = encoding.flow_decay``; see the module docstring. ``results.json`` records the trained
+trajectory's growth at the longest evaluated position (``encoding_report``).
 """
 
 from configs import base

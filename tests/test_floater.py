@@ -254,6 +254,89 @@ def test_stiff_dynamics_raise_a_clear_error_not_a_hang_or_nans():
     _module(injection="input").check(8)
 
 
+# ----------------------------------------------------------------------------- bounded flows
+
+TRAIN_POSITIONS = 32  # the default preset's training program: lengths up to 16, padded to 32
+
+
+@pytest.mark.parametrize("flow,speed,decay", [
+    ("tanh", 10.0, 10.0), ("decay", 10.0, 10.0), ("decay", 3.0, 0.5), ("sphere", 10.0, 10.0)])
+def test_bounded_flows_keep_their_bound_over_100x_the_training_length(flow, speed, decay):
+  """Random dynamics at 3x their initial scale, solved to 100x the training positions
+  (t = 32): each bounded form stays within its documented bound at every position, with few
+  solver steps, and the solved flow itself keeps it to the solver's tolerance (the read-out,
+  ``enforce_bound``, only removes that error). The free flow does not even finish."""
+  d, n = 8, 100 * TRAIN_POSITIONS
+  params, p0 = _dyn(d, seed=3, scale=3.0), floater.init_p0(jax.random.PRNGKey(4), 3, 2, d)
+  kw = dict(dt=DT, method="tsit5", rtol=1e-3, atol=1e-6, max_steps=4096, adjoint="recursive",
+            rk4_substeps=5, checkpoints=None)  # solve_with_status's defaults
+  sol = jax.jit(lambda w, p: floater._diffeqsolve(
+      w, p, n, dynamics=floater.vector_field, flow=flow, flow_speed=speed, flow_decay=decay,
+      **kw))(params, p0)
+  assert int(sol.stats["num_steps"]) < 1024 and bool(jnp.all(jnp.isfinite(sol.ys)))
+  ts = np.arange(n, dtype=np.float32) * np.float32(DT)
+  ys = np.asarray(floater.enforce_bound(sol.ys, p0, ts, flow, speed=speed, decay=decay), np.float64)
+  raw, p0 = np.asarray(sol.ys, np.float64), np.asarray(p0, np.float64)
+  t = ts.astype(np.float64)[:, None, None, None]
+  ulp = 1e-6  # float32 rounding of the read-out
+  if flow == "tanh":  # |p_i(t) − p_i(0)| <= c·t
+    assert np.all(np.abs(ys - p0) <= speed * t * (1 + ulp) + ulp)
+    assert np.max(np.abs(ys[-1] - p0)) > 0.5 * speed * t[-1, 0, 0, 0]  # the bound is not vacuous
+  elif flow == "decay":  # |p_i(t)| <= max(|p_i(0)|, c/λ)
+    bound = np.maximum(np.abs(p0), speed / decay)
+    assert np.all(np.abs(ys) <= bound * (1 + ulp))
+    assert np.max(np.abs(ys[-1]) / bound) > 0.5  # not vacuous: the state does not just decay
+  else:  # ‖p(t)‖ = ‖p(0)‖ per row
+    np.testing.assert_allclose(np.linalg.norm(ys, axis=-1),
+                               np.broadcast_to(np.linalg.norm(p0, axis=-1), ys.shape[:-1]), rtol=1e-5)
+    assert np.min(ys[-1] * p0) < 0  # it moved (the norm is kept, not the state)
+  # The read-out corrects only the solver's error (Tsit5 at rtol 1e-3: within ~1%).
+  np.testing.assert_allclose(raw, ys, rtol=0.02, atol=0.02 * np.max(np.abs(ys)))
+  report = {k: float(v) for k, v in floater.trajectory_report(ys, TRAIN_POSITIONS).items()}
+  assert report["growth"] < (1.0 + 1e-5 if flow == "sphere" else 1e3)
+  if flow == "tanh":  # the same dynamics, unconstrained: out of steps before t = 32
+    _, status, _ = jax.jit(lambda w, p: floater.solve_with_status(w, p, n))(params, p0)
+    assert int(status) == floater.OUT_OF_STEPS
+
+
+def test_flow_fields_are_the_documented_formulas():
+  d, c, lam = 6, 2.0, 0.5
+  params = _dyn(d, seed=5, scale=4.0)
+  p = jax.random.normal(jax.random.PRNGKey(6), (3, 2, d))
+  t = 0.7
+  h = floater.vector_field(params, t, p)
+  field = lambda flow: floater.flow_field(floater.vector_field, flow, speed=c, decay=lam)(params, t, p)
+  np.testing.assert_array_equal(field("free"), h)
+  np.testing.assert_allclose(field("tanh"), c * jnp.tanh(h / c), rtol=1e-6)
+  np.testing.assert_allclose(field("decay"), c * jnp.tanh(h / c) - lam * p, rtol=1e-6, atol=1e-6)
+  v = c * jnp.tanh(h / c)
+  sphere = field("sphere")
+  np.testing.assert_allclose(jnp.sum(sphere * p, -1), 0.0, atol=1e-5)  # tangent: d‖p‖²/dt = 0
+  radial = p * jnp.sum(v * p, -1, keepdims=True) / jnp.sum(p * p, -1, keepdims=True)
+  np.testing.assert_allclose(sphere + radial, v, rtol=1e-5, atol=1e-6)  # v minus its radial part
+  # Small h: the saturated forms are the free form (speed c far above |h|).
+  small = jax.tree_util.tree_map(lambda w: 1e-3 * w, params)
+  np.testing.assert_allclose(floater.flow_field(floater.vector_field, "tanh", speed=10.0)(small, t, p),
+                             floater.vector_field(small, t, p), rtol=1e-5, atol=1e-9)
+  with pytest.raises(ConfigError, match="config.encoding.flow"):
+    _module(flow="bounded").check(8)
+  for field_name in ("flow_speed", "flow_decay"):
+    with pytest.raises(ConfigError, match=f"config.encoding.{field_name}"):
+      _module(**{field_name: 0.0}).check(8)
+
+
+def test_trajectory_report_measures_growth_past_the_training_positions():
+  n, d = 10, 4
+  rows = np.ones((n, 3, 2, d), np.float32)
+  rows[6:] *= np.arange(1, 5, dtype=np.float32)[:, None, None, None] * 10  # grows after row 5
+  report = floater.trajectory_report(rows, 6)
+  np.testing.assert_allclose(float(report["norm_max_train"]), 2.0)  # ‖(1, 1, 1, 1)‖
+  np.testing.assert_allclose(float(report["norm_last"]), 80.0)
+  np.testing.assert_allclose(float(report["growth"]), 40.0)
+  np.testing.assert_allclose(float(report["drift_train_end"]), 0.0)
+  np.testing.assert_allclose(float(report["drift_last"]), 78.0)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 def _host_callbacks(compiled) -> int:
@@ -367,11 +450,29 @@ def test_smoke_decoder_with_randomized_positions(tmp_path):
   assert results["mode"] == "decoder"
 
 
-def test_smoke_layer_input_injection(tmp_path):
-  results = helpers.run_smoke(tmp_path, "floater", **_FAST_EVAL,
-                              **{"encoding.injection": "layer_input"})
+def test_smoke_layer_input_injection_with_the_sphere_flow_reports_its_growth(tmp_path):
+  lines = []
+  c = helpers.config("floater", **_FAST_EVAL, **{"encoding.injection": "layer_input",
+                                                  "encoding.flow": "sphere"})
+  c.workdir = str(tmp_path / "floater-run")
+  results = train.train_and_evaluate(c, log=lines.append)
   helpers.check_smoke_results(results)
   assert os.path.exists(tmp_path / "floater-run" / "DONE")
+  # results.json records the trajectory at the longest evaluated position against the
+  # training positions: the sphere flow keeps every row's norm, so the growth is 1.
+  report = results["encoding_report"]
+  s = train.setup(c)
+  assert report["positions"] == max(s.eval_bound(p) for _, p in s.eval_buckets)
+  assert report["ode_status"] == floater.OK and report["ode_steps"] >= 1
+  np.testing.assert_allclose(report["growth"], 1.0, rtol=1e-5)
+  params, _ = train.load_params(c.workdir)
+  enc = params["encoding"]
+  dyn = {n: enc[f"ode_{n}"] for n in ("w1", "b1", "w2", "b2")}
+  table = floater.solve(dyn, enc["ode_p0"], int(report["positions"]), flow="sphere")
+  want = floater.trajectory_report(table, s.train_bound())
+  for key, value in want.items():
+    np.testing.assert_allclose(report[key], float(value), rtol=1e-4, atol=1e-6)
+  assert any(l.startswith("floater: ") and "growth 1, " in l for l in lines), lines
 
 
 def test_evaluation_solves_once_and_reuses_the_table():

@@ -31,9 +31,41 @@ Conventions (as in the official code, xuanqing94/FLOATER, ``fairseq/modules/flow
   the paper's conceptual form, position added to the input of every block): one state per
   layer (``p(0)`` is ``[1, layers, d]``). The hook of the mode not chosen is the identity.
 
-Public math: :func:`vector_field` (``h``), :func:`init_dynamics`, :func:`init_p0`,
-:func:`solve`, :func:`solve_with_status`, :func:`solve_stats`, :func:`lookup`;
-:func:`solver_stats` for benchmarks.
+Flow forms (``flow``; public math :func:`flow_field`, :func:`enforce_bound`). Nothing in the
+paper's ``h`` keeps the state bounded once the training positions end: trained on positions
+below 32 (default preset, 3000 steps), the mean ``‖p(k·Δt) − p(0)‖`` over streams and layers
+grew from 36 at position 31 to 4.7·10⁷ at position 127. Every form but ``"free"`` wraps ``h``
+so that a bound holds **by construction, for every parameter value and every t**
+(``c = flow_speed``, ``λ = flow_decay``; bounds per component ``p_i`` or per row ``[d]`` of
+every stream and layer):
+
+* ``"free"`` — ``dp/dt = h(p, t)``, the paper's form. No bound: ``‖p‖`` can grow like
+  ``exp(Lip(h)·t)``, and ``h`` is fed ``t`` itself, unbounded.
+* ``"tanh"`` — ``dp/dt = c·tanh(h/c)`` (≈ ``h`` where ``|h| ≪ c``). Speed
+  ``|dp_i/dt| ≤ c``, hence ``|p_i(t) − p_i(0)| ≤ c·t``: growth at most linear in ``t``.
+* ``"decay"`` — ``dp/dt = c·tanh(h/c) − λ·p``. A bound uniform in ``t``:
+  ``|p_i(t)| ≤ max(|p_i(0)|, c/λ)`` (where ``|p_i| > c/λ`` the field points towards 0), and
+  every component enters ``[−c/λ, c/λ]`` at rate ``λ``. With ``c = λ = 10``: ``|p_i| ≤
+  max(|p_i(0)|, 1)``, relaxation time ``1/λ = 0.1`` (10 positions), so training already sees
+  the bound act. It contracts towards a bounded set, so far positions can look alike.
+* ``"sphere"`` — norm-preserving, as the ``recurrent`` scheme's iterate form: ``dp/dt = v −
+  (p·v/‖p‖²)·p`` with ``v = c·tanh(h/c)``, the saturated field's tangential part, so
+  ``d‖p‖²/dt = 0``: ``‖p(t)‖ = ‖p(0)‖`` for every ``t``, speed at most ``c·√d``. Nothing
+  converges: the state keeps moving on its sphere.
+
+The bounds are those of the exact flows; a numerical solution keeps them only to the solver's
+tolerance, so the rows are read out through :func:`enforce_bound` (rescaled to ``‖p(0)‖`` or
+clipped to the bound; the identity away from it) and the bound holds for the table itself.
+A spectrally normalised ``h`` alone is not offered: with ``Lip(h) ≤ 1`` the state may still
+grow like ``e^t`` (``e^32 ≈ 8·10¹³`` at 100x the default preset's 32 training positions).
+Bounded speed also keeps the adaptive solver's step count bounded by the length of the solve,
+whatever the parameters. The default is ``"free"`` (the paper's form); ``results.json``
+records the trajectory's growth and the evaluation solve's steps (``encoding_report``,
+:meth:`Encoding.report`), so a diverging flow is visible there.
+
+Public math: :func:`vector_field` (``h``), :func:`flow_field`, :func:`init_dynamics`,
+:func:`init_p0`, :func:`solve`, :func:`solve_with_status`, :func:`solve_stats`, :func:`lookup`;
+:func:`solver_stats` for benchmarks; :func:`trajectory_report` for ``results.json``.
 
 Failures (the solver running out of ``max_steps``, a blow-up to NaN/Inf) are clear errors that
 name the config field to change. :func:`solve` raises them through ``eqx.branched_error_if`` (a
@@ -77,6 +109,8 @@ from posenc.errors import ConfigError
 METHODS = ("tsit5", "rk4")
 ADJOINTS = ("recursive", "backsolve")
 INJECTIONS = ("qkv", "layer_input")
+FLOWS = ("free", "tanh", "decay", "sphere")
+_EPS = 1e-12
 
 # One dynamics callable: ``dynamics(params, t, p) -> dp/dt`` with ``p`` of any shape.
 Dynamics = Callable[[Any, jax.Array, jax.Array], jax.Array]
@@ -114,6 +148,58 @@ def init_dynamics(key: jax.Array, dim: int) -> dict:
   xavier = nn.initializers.xavier_normal()
   return {"w1": xavier(k1, (dim + 1, dim), jnp.float32), "b1": jnp.zeros((dim,), jnp.float32),
           "w2": xavier(k2, (dim + 1, dim), jnp.float32), "b2": jnp.zeros((dim,), jnp.float32)}
+
+
+def flow_field(dynamics: Dynamics = vector_field, flow: str = "free", *, speed: float = 10.0,
+               decay: float = 10.0) -> Dynamics:
+  """The vector field of flow form ``flow`` built on ``dynamics`` (``h``); see the module docstring.
+
+  ``"free"``: ``h`` itself. ``"tanh"``: ``c·tanh(h/c)``. ``"decay"``: ``c·tanh(h/c) − λ·p``.
+  ``"sphere"``: ``c·tanh(h/c)`` minus its component along ``p`` (per row ``[d]``), so
+  ``d‖p‖²/dt = 0``. ``c = speed``, ``λ = decay``. Every row ``[..., d]`` of the state goes
+  through the same field; :func:`solve` reads the bounded forms out through
+  :func:`enforce_bound`.
+  """
+  if flow not in FLOWS:
+    raise ValueError(f"unknown FLOATER flow {flow!r}; choose one of {FLOWS}")
+  if flow == "free":
+    return dynamics
+
+  def saturated(params, t, p):
+    return speed * jnp.tanh(dynamics(params, t, p) / speed)
+
+  if flow == "tanh":
+    return saturated
+  if flow == "decay":
+    return lambda params, t, p: saturated(params, t, p) - decay * p
+
+  def tangent(params, t, p):
+    v = saturated(params, t, p)
+    along = jnp.sum(v * p, -1, keepdims=True) / jnp.maximum(jnp.sum(p * p, -1, keepdims=True), _EPS)
+    return v - along * p
+  return tangent
+
+
+def enforce_bound(rows: jax.Array, p0: jax.Array, ts, flow: str, *, speed: float = 10.0,
+                  decay: float = 10.0) -> jax.Array:
+  """A solve's rows ``[N, ..., d]`` (at times ``ts`` ``[N]``) held to their flow's bound.
+
+  The exact flows keep their bounds (module docstring); a numerical solution keeps them only
+  to the solver's tolerance (Tsit5 at rtol 1e-3 overshot ``"decay"``'s bound by 1% in a test).
+  This read-out makes them hold for the rows themselves: ``"sphere"`` rescales each row
+  ``[d]`` to ``‖p(0)‖``; ``"decay"`` clips to ``±max(|p_i(0)|, c/λ)``; ``"tanh"`` clips to
+  ``p_i(0) ± c·t``; ``"free"`` is unchanged. Away from the bound it is the identity.
+  """
+  if flow == "sphere":
+    norm = jnp.linalg.norm(rows, axis=-1, keepdims=True)
+    return rows * (jnp.linalg.norm(p0, axis=-1, keepdims=True) / jnp.maximum(norm, _EPS))
+  if flow == "decay":
+    bound = jnp.maximum(jnp.abs(p0), speed / decay)
+    return jnp.clip(rows, -bound, bound)
+  if flow == "tanh":
+    reach = speed * jnp.asarray(ts, rows.dtype).reshape((-1,) + (1,) * p0.ndim)
+    return jnp.clip(rows, p0 - reach, p0 + reach)
+  return rows
 
 
 # torch's xavier_uniform_ on [S, layers, d]: fan_in = layers·d, fan_out = S·d.
@@ -157,7 +243,8 @@ def _time_grid(num_positions: int, dt: float, dtype) -> np.ndarray:
 
 def _diffeqsolve(params, p0, num_positions: int, *, dynamics: Dynamics, dt: float, method: str,
                  rtol: float, atol: float, max_steps: int, adjoint: str, rk4_substeps: int,
-                 checkpoints: int | None) -> diffrax.Solution:
+                 checkpoints: int | None, flow: str = "free", flow_speed: float = 10.0,
+                 flow_decay: float = 10.0) -> diffrax.Solution:
   if method not in METHODS:
     raise ValueError(f"unknown FLOATER ODE method {method!r}; choose one of {METHODS}")
   if adjoint not in ADJOINTS:
@@ -178,7 +265,8 @@ def _diffeqsolve(params, p0, num_positions: int, *, dynamics: Dynamics, dt: floa
     adj = diffrax.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
   else:
     adj = diffrax.BacksolveAdjoint()
-  term = diffrax.ODETerm(lambda t, y, args: dynamics(args, t, y))
+  field = flow_field(dynamics, flow, speed=flow_speed, decay=flow_decay)
+  term = diffrax.ODETerm(lambda t, y, args: field(args, t, y))
   # t0, t1 as Python floats are static, so diffrax checks them while tracing.
   return diffrax.diffeqsolve(
       term, solver, t0=float(ts[0]), t1=float(ts[-1]), dt0=dt0, y0=p0, args=params,
@@ -189,7 +277,8 @@ def _diffeqsolve(params, p0, num_positions: int, *, dynamics: Dynamics, dt: floa
 def solve(params: Any, p0: jax.Array, num_positions: int, *, dynamics: Dynamics = vector_field,
           dt: float = 0.01, method: str = "tsit5", rtol: float = 1e-3, atol: float = 1e-6,
           max_steps: int = 4096, adjoint: str = "recursive", rk4_substeps: int = 5,
-          checkpoints: int | None = None) -> jax.Array:
+          checkpoints: int | None = None, flow: str = "free", flow_speed: float = 10.0,
+          flow_decay: float = 10.0) -> jax.Array:
   """The FLOATER trajectory at ``t_k = k·dt`` for ``k = 0 .. num_positions−1``.
 
   Args:
@@ -209,13 +298,17 @@ def solve(params: Any, p0: jax.Array, num_positions: int, *, dynamics: Dynamics 
       adjoint, ``diffrax.BacksolveAdjoint``).
     checkpoints: for ``"recursive"``: number of checkpoints (None: diffrax's default,
       ``max_steps``, the fastest).
+    flow: ``"free"`` (``dynamics`` as given), ``"tanh"``, ``"decay"`` or ``"sphere"``: the
+      bounded forms of :func:`flow_field`, with ``c = flow_speed`` and ``λ = flow_decay``.
+      The rows are read out through :func:`enforce_bound`, so the bound holds exactly.
 
   Returns:
     ``[num_positions, *p0.shape]`` in float32 (float64 if ``p0`` is): row ``k`` is ``p(k·dt)``.
   """
   ys, status, _ = solve_with_status(
       params, p0, num_positions, dynamics=dynamics, dt=dt, method=method, rtol=rtol, atol=atol,
-      max_steps=max_steps, adjoint=adjoint, rk4_substeps=rk4_substeps, checkpoints=checkpoints)
+      max_steps=max_steps, adjoint=adjoint, rk4_substeps=rk4_substeps, checkpoints=checkpoints,
+      flow=flow, flow_speed=flow_speed, flow_decay=flow_decay)
   return eqx.branched_error_if(ys, status != OK, jnp.maximum(status - 1, 0),
                                failure_messages(num_positions, dt, max_steps), on_error="raise")
 
@@ -234,7 +327,9 @@ def solve_with_status(params: Any, p0: jax.Array, num_positions: int, *,
                       dynamics: Dynamics = vector_field, dt: float = 0.01, method: str = "tsit5",
                       rtol: float = 1e-3, atol: float = 1e-6, max_steps: int = 4096,
                       adjoint: str = "recursive", rk4_substeps: int = 5,
-                      checkpoints: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+                      checkpoints: int | None = None, flow: str = "free",
+                      flow_speed: float = 10.0,
+                      flow_decay: float = 10.0) -> tuple[jax.Array, jax.Array, jax.Array]:
   """:func:`solve` without a host callback: ``(table, status, num_steps)``.
 
   ``status`` (int32) is ``OK``, ``OUT_OF_STEPS`` or ``NONFINITE``; on failure every row of
@@ -250,11 +345,14 @@ def solve_with_status(params: Any, p0: jax.Array, num_positions: int, *,
     return p0.astype(jnp.result_type(p0.dtype, jnp.float32))[None], zero, zero
   sol = _diffeqsolve(params, p0, num_positions, dynamics=dynamics, dt=dt, method=method,
                      rtol=rtol, atol=atol, max_steps=max_steps, adjoint=adjoint,
-                     rk4_substeps=rk4_substeps, checkpoints=checkpoints)
+                     rk4_substeps=rk4_substeps, checkpoints=checkpoints, flow=flow,
+                     flow_speed=flow_speed, flow_decay=flow_decay)
+  ys = enforce_bound(sol.ys, p0.astype(sol.ys.dtype), _time_grid(num_positions, dt, sol.ys.dtype),
+                     flow, speed=flow_speed, decay=flow_decay)
   failed = sol.result != diffrax.RESULTS.successful
-  nonfinite = ~jnp.all(jnp.isfinite(sol.ys))
+  nonfinite = ~jnp.all(jnp.isfinite(ys))
   status = jnp.where(failed, OUT_OF_STEPS, jnp.where(nonfinite, NONFINITE, OK)).astype(jnp.int32)
-  ys = jnp.where(status == OK, sol.ys, jnp.nan)
+  ys = jnp.where(status == OK, ys, jnp.nan)
   return ys, status, sol.stats["num_steps"].astype(jnp.int32)
 
 
@@ -262,7 +360,8 @@ def solve_stats(params: Any, p0: jax.Array, num_positions: int, *,
                 dynamics: Dynamics = vector_field, dt: float = 0.01, method: str = "tsit5",
                 rtol: float = 1e-3, atol: float = 1e-6, max_steps: int = 4096,
                 adjoint: str = "recursive", rk4_substeps: int = 5,
-                checkpoints: int | None = None) -> dict:
+                checkpoints: int | None = None, flow: str = "free", flow_speed: float = 10.0,
+                flow_decay: float = 10.0) -> dict:
   """``{"num_steps", "num_accepted_steps", "num_rejected_steps"}`` (int arrays) of the solve
   that :func:`solve` does with the same arguments."""
   if num_positions == 1:
@@ -270,7 +369,8 @@ def solve_stats(params: Any, p0: jax.Array, num_positions: int, *,
     return {"num_steps": zero, "num_accepted_steps": zero, "num_rejected_steps": zero}
   sol = _diffeqsolve(params, jnp.asarray(p0), num_positions, dynamics=dynamics, dt=dt,
                      method=method, rtol=rtol, atol=atol, max_steps=max_steps, adjoint=adjoint,
-                     rk4_substeps=rk4_substeps, checkpoints=checkpoints)
+                     rk4_substeps=rk4_substeps, checkpoints=checkpoints, flow=flow,
+                     flow_speed=flow_speed, flow_decay=flow_decay)
   return {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
 
 
@@ -289,6 +389,29 @@ def solver_stats(model_params: dict, setup: Any, *, train: bool = True) -> dict:
   dyn = {k: p[f"ode_{k}"] for k in ("w1", "b1", "w2", "b2")}
   stats = solve_stats(dyn, p["ode_p0"], bound, **enc.solver_kwargs())
   return {"num_positions": int(bound), **{k: int(v) for k, v in stats.items()}}
+
+
+def trajectory_report(table: jax.Array, train_positions: int) -> dict:
+  """How a solved ``table`` ``[N, ..., d]`` grows past the first ``train_positions`` rows.
+
+  Returns float32 scalars (norms per row ``[d]`` of every stream and layer):
+  ``norm_max_train``: the largest ``‖p(k·Δt)‖`` over ``k < train_positions``;
+  ``norm_last``: the largest ``‖p((N−1)·Δt)‖``; ``growth``: their ratio (≈1 for a bounded
+  flow, orders of magnitude for a diverging one); ``drift_train_end`` and ``drift_last``: the
+  mean ``‖p(k·Δt) − p(0)‖`` at ``k = train_positions − 1`` and ``k = N − 1`` (the curve that
+  ``scripts/inspect_checkpoint.py --plots`` draws).
+  """
+  table = jnp.asarray(table, jnp.float32)
+  n = table.shape[0]
+  inside = min(max(int(train_positions), 1), n)
+  flat = table.reshape(n, -1, table.shape[-1])
+  norms = jnp.linalg.norm(flat, axis=-1)  # [N, rows]
+  drift = jnp.mean(jnp.linalg.norm(flat - flat[:1], axis=-1), axis=-1)  # [N]
+  norm_max_train = jnp.max(norms[:inside])
+  norm_last = jnp.max(norms[-1])
+  return {"norm_max_train": norm_max_train, "norm_last": norm_last,
+          "growth": norm_last / jnp.maximum(norm_max_train, _EPS),
+          "drift_train_end": drift[inside - 1], "drift_last": drift[-1]}
 
 
 def lookup(table: jax.Array, positions: jax.Array) -> jax.Array:
@@ -327,6 +450,9 @@ class Encoding(_Base):
   checkpoints: int = 0            # recursive adjoint's checkpoints; 0: diffrax's default
   sinusoidal_input: bool = True   # also add the sinusoidal table to the input (official)
   base: float = 10000.0
+  flow: str = "free"              # "free" (paper's h), or bounded: "tanh", "decay", "sphere"
+  flow_speed: float = 10.0        # c: the bounded forms' speed limit |dp_i/dt| <= c
+  flow_decay: float = 10.0        # λ of "decay": |p_i| <= max(|p_i(0)|, c/λ)
 
   @property
   def QKV_BIAS(self) -> bool:  # noqa: N802 — the contract's attribute name
@@ -334,7 +460,8 @@ class Encoding(_Base):
     return self.injection != "qkv"
 
   def check(self, max_position):
-    opts = (("injection", INJECTIONS), ("method", METHODS), ("adjoint", ADJOINTS))
+    opts = (("injection", INJECTIONS), ("method", METHODS), ("adjoint", ADJOINTS),
+            ("flow", FLOWS))
     for field, allowed in opts:
       if getattr(self, field) not in allowed:
         raise ConfigError(f"config.encoding.{field}",
@@ -347,6 +474,10 @@ class Encoding(_Base):
       raise ConfigError("config.encoding.rk4_substeps", f"must be >= 1, got {self.rk4_substeps}")
     if self.checkpoints < 0:
       raise ConfigError("config.encoding.checkpoints", f"must be >= 0, got {self.checkpoints}")
+    for field in ("flow_speed", "flow_decay"):
+      value = getattr(self, field)
+      if not (np.isfinite(value) and value > 0):
+        raise ConfigError(f"config.encoding.{field}", f"must be a finite number > 0, got {value}")
 
   def setup(self):
     d, layers = self.dims.d_model, self.dims.num_layers
@@ -406,7 +537,26 @@ class Encoding(_Base):
     """The options of :func:`solve` this module uses."""
     return dict(dt=self.dt, method=self.method, rtol=self.rtol, atol=self.atol,
                 max_steps=self.max_steps, adjoint=self.adjoint, rk4_substeps=self.rk4_substeps,
-                checkpoints=self.checkpoints or None)
+                checkpoints=self.checkpoints or None, flow=self.flow,
+                flow_speed=self.flow_speed, flow_decay=self.flow_decay)
+
+  def report(self, train_positions: int) -> dict:
+    """What ``results.json`` records of the trained trajectory (``posenc.train.encoding_report``):
+    :func:`trajectory_report` of a solve up to ``dims.max_position`` (the longest evaluated
+    position) against the first ``train_positions`` rows, plus ``ode_steps``, that solve's
+    step count, and ``positions``, its length. Float32 scalars; no host callback. Applied
+    with ``mutable=["diagnostics"]`` it reads the solve ``setup`` made (one solve, not two)."""
+    if self.has_variable("diagnostics", "ode_steps"):
+      table = self.table
+      status = self.get_variable("diagnostics", "ode_status")
+      steps = self.get_variable("diagnostics", "ode_steps")
+    else:
+      table, status, steps = solve_with_status(
+          self.dynamics_params, self.p0, self.dims.max_position, **self.solver_kwargs())
+    out = trajectory_report(table, train_positions)
+    out.update(ode_steps=steps.astype(jnp.float32), ode_status=status.astype(jnp.float32),
+               positions=jnp.asarray(self.dims.max_position, jnp.float32))
+    return out
 
   def embed(self, x, positions):
     if not self.sinusoidal_input:
