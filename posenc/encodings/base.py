@@ -57,6 +57,10 @@ Class attributes a scheme may set:
   (FLOATER: ``ode_status``, ``ode_steps``), and ``explain_failure`` turns them into the error
   message when the loss goes NaN. This keeps runtime checks out of the compiled step (no host
   callbacks).
+* ``report(train_positions)`` (optional method): jittable scalars about the trained parameters,
+  computed once after evaluation at the longest evaluated position and written to
+  ``results.json`` as ``encoding_report`` (``posenc.train.encoding_report``; FLOATER: its
+  trajectory's growth past the training positions and the evaluation solve's step count).
 * ``SHARD_MAP``: False when the scheme's gradients cannot be taken inside ``jax.shard_map``
   (FLOATER: equinox's checkpointed while loops in diffrax, diffrax issue #765); seeds split
   over devices then use the partitioned form (``posenc.train.seeded``, ``shard_spmd``).
