@@ -520,8 +520,8 @@ def run_points(resolved: Sequence[tuple[dict[str, Any], ml_collections.ConfigDic
   failed, elsewhere = status["failed"], status["elsewhere"]
   say(f"sweep: {len(mine)} points{f' (shard {shard[0]}/{shard[1]} of {n})' if shard[1] > 1 else ''}: "
       f"{len(status['ran'])} run, {len(status['skipped'])} skipped (finished), "
-      + (f"{len(elsewhere)} running elsewhere (another worker holds them; start this command "
-         "again after it ends to pick up any it left unfinished), " if elsewhere else "")
+      + (f"{len(elsewhere)} running elsewhere (run this command again after those workers end "
+         "to pick up any they left unfinished), " if elsewhere else "")
       + f"{len(failed)} failed" + (f": indices {', '.join(map(str, failed))}" if failed else ""))
   return status
 
