@@ -555,5 +555,5 @@ def claim(config: ml_collections.ConfigDict
           decision, lock = "finished", None
   decision = _CLAIMS[workdir_lock.agree(_CLAIMS.index(decision))]
   if decision == "run" and lock is None:  # a process other than 0, or locking turned off
-    lock = workdir_lock.WorkdirLock(config.workdir, None, False, None)
+    lock = workdir_lock.WorkdirLock(config.workdir, None)
   return decision, lock, holder

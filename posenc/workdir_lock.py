@@ -57,7 +57,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from posenc.errors import ConfigError
 
@@ -151,6 +151,18 @@ def _remove(path: str, how) -> None:
     pass
 
 
+def _missing_folders(workdir: str) -> list[str]:
+  """``workdir`` and its missing parents, deepest first (what ``os.makedirs`` will create)."""
+  out, folder = [], os.path.abspath(workdir)
+  while folder and not os.path.exists(folder):
+    out.append(folder)
+    parent = os.path.dirname(folder)
+    if parent == folder:
+      break
+    folder = parent
+  return out
+
+
 def _same_file(fd: int, path: str) -> bool:
   try:
     st = os.stat(path)
@@ -163,16 +175,18 @@ def _same_file(fd: int, path: str) -> bool:
 class WorkdirLock:
   """A held workdir lock; :meth:`release` (or leaving a ``with`` block) lets it go.
 
-  Releasing removes the lock file, and the workdir too when this lock created it and nothing
-  else was written there (a run refused after the lock was taken leaves no trace).
+  Releasing removes the lock file, and the folders this lock created (the workdir, missing
+  parents) where nothing else was written in them: a run refused after taking the lock leaves
+  no trace.
   """
 
-  def __init__(self, workdir: str, fd: int | None, created: bool, info: dict[str, Any] | None):
+  def __init__(self, workdir: str, fd: int | None, created: Sequence[str] = (),
+               info: dict[str, Any] | None = None):
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_NAME)
     self.info = info
     self._fd = fd
-    self._created = created
+    self._created = tuple(created)  # folders made by acquire(), deepest first
 
   @property
   def held(self) -> bool:
@@ -189,8 +203,8 @@ class WorkdirLock:
     # us sees (acquire's _same_file) that it is gone and starts over on a new file.
     _remove(self.path, os.unlink)
     os.close(fd)
-    if self._created:
-      _remove(self.workdir, os.rmdir)  # only if empty
+    for folder in self._created:
+      _remove(folder, os.rmdir)  # only if empty
 
   def __enter__(self) -> "WorkdirLock":
     return self
@@ -214,7 +228,7 @@ def acquire(workdir: str) -> WorkdirLock:
   Raises ConfigError when the workdir cannot be created or its filesystem has no locks.
   """
   if not enabled():
-    return WorkdirLock(workdir, None, False, None)
+    return WorkdirLock(workdir, None)
   key = _key(workdir)
   with _held_guard:
     mine = _held.get(key)
@@ -222,7 +236,7 @@ def acquire(workdir: str) -> WorkdirLock:
     raise WorkdirLocked(workdir, mine.info)
   path = os.path.join(workdir, LOCK_NAME)
   for _ in range(20):
-    created = not os.path.exists(workdir)
+    created = _missing_folders(workdir)
     flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
     try:
       os.makedirs(workdir, exist_ok=True)
@@ -233,6 +247,9 @@ def acquire(workdir: str) -> WorkdirLock:
     except FileNotFoundError:
       continue  # a run releasing this workdir removed it (or its file) meanwhile
     except OSError as e:
+      if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError("--workdir", f"{workdir!r} is a file, not a directory; pass a "
+                          "directory path") from None
       raise ConfigError("--workdir", f"cannot create {path!r} ({e.strerror or e}); "
                         "choose a writable --workdir") from None
     try:
@@ -254,8 +271,8 @@ def acquire(workdir: str) -> WorkdirLock:
       if not isinstance(e, WorkdirLocked):  # a failure of ours (no locks here): leave no trace
         if new_file:
           _remove(path, os.unlink)
-        if created:
-          _remove(workdir, os.rmdir)
+        for folder in created:
+          _remove(folder, os.rmdir)
       raise
     lock = WorkdirLock(workdir, fd, created, info)
     with _held_guard:
@@ -308,7 +325,7 @@ def acquire_on_process_0(workdir: str) -> WorkdirLock:
   if agree(0 if refusal is None else 1):
     raise refusal or WorkdirLocked(workdir, {"note": "process 0 found it locked; its error "
                                              "line names the holder"})
-  return lock or WorkdirLock(workdir, None, False, None)
+  return lock or WorkdirLock(workdir, None)
 
 
 def main(argv: list[str] | None = None) -> int:

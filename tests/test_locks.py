@@ -84,6 +84,12 @@ def test_a_lock_refuses_everyone_else_until_released_and_leaves_no_trace(tmp_pat
   with workdir_lock.acquire(str(wd)):
     assert (wd / ".lock").exists()
   assert sorted(os.listdir(wd)) == ["config.json"]
+  # Missing parents it made go too; a workdir that is a file is refused.
+  with workdir_lock.acquire(str(tmp_path / "a" / "b" / "run")):
+    assert (tmp_path / "a" / "b" / "run" / ".lock").exists()
+  assert not (tmp_path / "a").exists()
+  with pytest.raises(ConfigError, match=r"^--workdir: .*config\.json' is a file, not a directory"):
+    workdir_lock.acquire(str(wd / "config.json"))
 
 
 def test_a_sigkilled_holder_leaves_no_lock_and_its_details_are_replaced(tmp_path):
