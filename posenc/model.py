@@ -63,8 +63,10 @@ class Transformer(nn.Module):
   # ([B, H, L, L]) into the "intermediates" collection as ``attention_<layer>``.
   capture_attention: bool = False
 
-  def _attention(self, x, pos, mask, layer, train, *, decode=None, index=None, k_pos=None):
-    """``pos`` are the positions of the rows of ``x``; ``k_pos`` those of the keys (step mode)."""
+  def _attention(self, x, pos, mask, layer, train, *, decode=None, index=None, k_pos=None,
+                 valid=None):
+    """``pos`` are the positions of the rows of ``x``; ``k_pos`` those of the keys (step mode);
+    ``valid`` the real tokens of the whole sequence (buffer)."""
     cfg, enc = self.cfg, self.encoding
     heads, dh = cfg.num_heads, cfg.d_model // cfg.num_heads
     dense = lambda n: nn.DenseGeneral((heads, dh), use_bias=enc.QKV_BIAS, dtype=self._dtype,
@@ -77,6 +79,8 @@ class Transformer(nn.Module):
       k_pos = pos
     if hasattr(enc, "project"):
       extra = {"context": k_pos} if enc.PROJECT_CONTEXT else {}
+      if enc.PROJECT_VALID:
+        extra["valid"] = valid
       q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = enc.project(
           q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, pos, pos, layer, **extra)
     if decode is not None:
@@ -161,7 +165,11 @@ class Transformer(nn.Module):
     if cfg.embed_scale:
       x_BxLxD = x_BxLxD * math.sqrt(cfg.d_model)
     if hasattr(enc, "embed"):
-      x_BxLxD = enc.embed(x_BxLxD, positions)
+      extra = {}
+      if enc.EMBED_VALID:  # the rows' real tokens (in a step, the new token's entry)
+        extra["valid"] = (valid if decode != "step"
+                          else jax.lax.dynamic_slice_in_dim(valid, index, 1, axis=1))
+      x_BxLxD = enc.embed(x_BxLxD, positions, **extra)
     x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=not train)
 
     length = tokens.shape[1]
@@ -171,7 +179,7 @@ class Transformer(nn.Module):
     elif cfg.causal:
       mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
     attend = lambda h, layer: self._attention(h, positions, mask, layer, train, decode=decode,
-                                              index=index, k_pos=k_pos)
+                                              index=index, k_pos=k_pos, valid=valid)
     drop = lambda h: nn.Dropout(cfg.dropout)(h, deterministic=not train)
     for layer in range(cfg.num_layers):
       if hasattr(enc, "layer_input"):

@@ -83,6 +83,26 @@ def test_causal_in_a_decoder_and_two_sided_in_an_encoder():
   assert not np.allclose(out2[:, t], out[:, t])  # the encoder looks right too
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_never_reaches_a_real_token(causal):
+  """Evaluation pads each sequence to its bucket's length with PAD tokens: the real tokens'
+  logits are those of the unpadded sequence, however much padding follows (the encoder's last
+  tokens used to read PAD embeddings, so scores depended on the bucket)."""
+  from posenc.model import ModelConfig, Transformer
+  cfg = ModelConfig(vocab_size=9, output_vocab_size=3, d_model=D, num_heads=2, num_layers=1,
+                    d_ff=16, dropout=0.0, causal=causal)
+  model = Transformer(cfg, _module(causal))
+  n = 11
+  tokens = jax.random.randint(jax.random.PRNGKey(2), (2, n), 3, 9)
+  variables = model.init(jax.random.PRNGKey(3), tokens, POS[:, :n], jnp.ones((2, n), bool))
+  alone = model.apply(variables, tokens, POS[:, :n], jnp.ones((2, n), bool))
+  for pad in (1, 2, 13):
+    padded = jnp.pad(tokens, ((0, 0), (0, pad)))  # PAD = 0, a learned embedding like any token
+    valid = jnp.broadcast_to(jnp.arange(n + pad) < n, (2, n + pad))
+    got = model.apply(variables, padded, POS[:, :n + pad], valid)[:, :n]
+    np.testing.assert_allclose(got, alone, atol=1e-5, err_msg=f"{pad} PAD slots")
+
+
 def test_bad_groups_and_kernel_are_refused():
   with pytest.raises(ConfigError, match="config.encoding.groups"):
     _module(False, groups=3).check(10)

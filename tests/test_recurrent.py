@@ -114,6 +114,27 @@ def test_rnn_form_is_left_to_right_and_ignores_positions(causal):
   assert float(jnp.max(jnp.abs(gru))) <= 1.0
 
 
+@pytest.mark.parametrize("form", ["rnn", "iterate"])
+def test_padding_never_reaches_a_real_token(form):
+  """An encoder's rows padded to any bucket length (PAD tokens after the real ones) give the
+  real tokens the logits of the unpadded row: the GRU reads left to right, so the PAD tail
+  comes after every real token; the iterated table is read at the real positions."""
+  from posenc.model import ModelConfig, Transformer
+  cfg = ModelConfig(vocab_size=9, output_vocab_size=3, d_model=16, num_heads=2, num_layers=1,
+                    d_ff=16, dropout=0.0, causal=False)
+  model = Transformer(cfg, _module(form=form, causal=False))
+  n = 9
+  tokens = jax.random.randint(jax.random.PRNGKey(2), (2, n), 3, 9)
+  pos = jnp.arange(n + 13, dtype=jnp.int32)[None]
+  variables = model.init(jax.random.PRNGKey(3), tokens, pos[:, :n], jnp.ones((2, n), bool))
+  alone = model.apply(variables, tokens, pos[:, :n], jnp.ones((2, n), bool))
+  for pad in (1, 13):
+    padded = jnp.pad(tokens, ((0, 0), (0, pad)))  # PAD = 0
+    valid = jnp.broadcast_to(jnp.arange(n + pad) < n, (2, n + pad))
+    got = model.apply(variables, padded, pos[:, :n + pad], valid)[:, :n]
+    np.testing.assert_allclose(got, alone, atol=1e-5, err_msg=f"{pad} PAD slots")
+
+
 def test_bad_form_is_refused():
   with pytest.raises(ConfigError, match="config.encoding.form"):
     _module(form="lstm").check(10)

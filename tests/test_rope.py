@@ -144,21 +144,62 @@ def _project_q(enc, x, length):
   return jax.jit(lambda x_: enc.project(x_, x_, x_, pos, pos, 0)[0])(x[:, :length])
 
 
-@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn", "dynamic_ntk"])
-def test_scaling_applies_only_beyond_the_training_program(scaling):
-  x = _rand((1, 96, 2, 16))
-  # Training: train_length 12 is padded to a 16-position program; nothing is rescaled there.
-  np.testing.assert_array_equal(_project_q(rope.Encoding(dims=_dims(16), scaling=scaling), x, 16),
-                                _project_q(rope.Encoding(dims=_dims(16)), x, 16))
-  # Evaluation at 8x: a 96-position program gets s = 96 / 12 = 8.
-  got = _project_q(rope.Encoding(dims=_dims(96), scaling=scaling), x, 96)
+def _want(scaling, x, length, s):
+  """``x [B, P, H, d]`` rotated at ``arange(P)`` with the rule's frequencies for factor ``s``."""
+  d = x.shape[-1]
   if scaling == "dynamic_ntk":
-    theta, scale = rope.dynamic_ntk_frequencies(16, jnp.array(96.0), original_length=12), 1.0
+    theta, scale = rope.dynamic_ntk_frequencies(d, jnp.array(s * 12.0), original_length=12), 1.0
   else:
-    theta, scale = rope.scaled_frequencies(16, scaling=scaling, factor=8.0, original_length=12)
-  want = rope.rotate(x[:, :, 0], jnp.arange(96)[None], inv_freq=theta, scale=scale)
-  np.testing.assert_allclose(got[:, :, 0], want, atol=1e-5)
+    theta, scale = rope.scaled_frequencies(d, scaling=scaling, factor=s, original_length=12)
+  return rope.rotate(x[:, :length, 0], jnp.arange(length)[None], inv_freq=theta, scale=scale)
+
+
+@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn", "dynamic_ntk"])
+def test_scaling_applies_only_beyond_the_training_length(scaling):
+  x = _rand((1, 96, 2, 16))
+  # A sequence of the training length L = 12 is rotated exactly as in training, in any program.
+  for bound in (16, 96):
+    np.testing.assert_array_equal(
+        _project_q(rope.Encoding(dims=_dims(bound), scaling=scaling), x, 12),
+        _project_q(rope.Encoding(dims=_dims(bound)), x, 12))
+  # 96 tokens, 8x: s = 96 / 12 = 8.
+  got = _project_q(rope.Encoding(dims=_dims(96), scaling=scaling), x, 96)
+  np.testing.assert_allclose(got[:, :, 0], _want(scaling, x, 96, 8.0), atol=1e-5)
   assert not np.allclose(got, _project_q(rope.Encoding(dims=_dims(96)), x, 96), atol=1e-3)
+
+
+@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn", "dynamic_ntk"])
+def test_each_sequence_is_scaled_by_its_own_length_not_its_padding(scaling):
+  """Evaluation pads a bucket's rows to its longest length: a row of 9 tokens (in range) and
+  one of 18 (s = 1.5) are scaled by their own lengths, whatever the padding and the program's
+  bound (it used to be s = bound / 12 for every row of the program)."""
+  x = _rand((2, 96, 2, 16))
+  lengths = jnp.array([9, 18])
+  for padded in (18, 24, 96):
+    enc = rope.Encoding(dims=_dims(padded), scaling=scaling)
+    pos = jnp.arange(padded)[None]
+    valid = jnp.arange(padded)[None] < lengths[:, None]
+    xs = x[:, :padded]
+    q = jax.jit(lambda x_, p=pos, v=valid, e=enc: e.project(x_, x_, x_, p, p, 0, context=p,
+                                                          valid=v)[0])(xs)
+    np.testing.assert_array_equal(q[0, :9], _project_q(rope.Encoding(dims=_dims(16)), x, 9)[0])
+    np.testing.assert_allclose(q[1:, :18, 0], _want(scaling, x[1:], 18, 1.5), atol=1e-5)
+  # Padding slots hold any positions (randomized sampling puts 0 there): they never count.
+  enc = rope.Encoding(dims=_dims(96), scaling=scaling)
+  pos = jnp.where(jnp.arange(24) < 18, jnp.arange(24), 90)[None]
+  valid = (jnp.arange(24) < 18)[None]
+  q = enc.project(x[1:, :24], x[1:, :24], x[1:, :24], pos, pos, 0, context=pos, valid=valid)[0]
+  np.testing.assert_allclose(q[:, :18, 0], _want(scaling, x[1:], 18, 1.5), atol=1e-5)
+
+
+def test_explicit_factor_applies_past_the_training_length_only():
+  x = _rand((2, 24, 2, 16))
+  enc = rope.Encoding(dims=_dims(96), scaling="linear", factor=4.0)
+  pos = jnp.arange(24)[None]
+  valid = jnp.arange(24)[None] < jnp.array([[12], [13]])
+  q = enc.project(x, x, x, pos, pos, 0, context=pos, valid=valid)[0]
+  np.testing.assert_array_equal(q[0, :12], _project_q(rope.Encoding(dims=_dims(16)), x, 12)[0])
+  np.testing.assert_allclose(q[1, :13, 0], rope.rotate(x[1, :13, 0], pos[0, :13] / 4.0), atol=1e-5)
 
 
 def test_yarn_scales_cos_and_sin():
@@ -185,6 +226,42 @@ def test_bad_options_are_config_errors(field, kwargs):
   with pytest.raises(ConfigError) as e:
     rope.Encoding(dims=_dims(max_position=16), **kwargs).check(16)
   assert e.value.field == field
+
+
+@pytest.mark.parametrize("scaling", ["dynamic_ntk", "linear"])
+def test_decoding_scales_every_step_by_the_sequence_length(scaling):
+  """Greedy decoding: the prefill, every step's query and the recomputing decoder all use the
+  sequence's L' (prompt plus answer slots), so stepping reproduces the full pass (a step's
+  query used to get its own position + 1 as dynamic NTK's length, the cached keys the bucket's)."""
+  from posenc import data as data_lib, decoding
+  from tests import test_decoding
+  s, model, variables, batch, out_len = test_decoding._setup("rope", **{"encoding.scaling": scaling})
+  l = int(batch["length"])
+  assert l + out_len > s.model(16).encoding._original_length() == 12  # beyond training: scaled
+  args = (batch["tokens"], batch["positions"], batch["valid"])
+
+  @jax.jit
+  def run(variables):
+    full = model.apply(variables, *args)
+    _, kv = model.apply(variables, *args, decode="prefill", mutable=["kv"])
+
+    def step(i, carry):
+      logits, kv = carry
+      token = jax.lax.dynamic_slice_in_dim(batch["tokens"], i, 1, axis=1)
+      new, kv = model.apply({**variables, **kv}, token, *args[1:], decode="step", index=i,
+                            mutable=["kv"])
+      return jax.lax.dynamic_update_slice_in_dim(logits, new, i, axis=1), kv
+
+    stepped, _ = jax.lax.fori_loop(l + 1, l + out_len, step, (jnp.zeros_like(full), kv))
+    offset = data_lib.NUM_SPECIAL + s.task.input_vocab_size
+    greedy = [decoding.greedy(model, variables, batch, output_offset=offset, answer_length=out_len,
+                              use_cache=c) for c in (True, False)]
+    return full, stepped, greedy
+
+  full, stepped, (cached, recomputed) = jax.device_get(run(variables))
+  answer = slice(l + 1, l + out_len)
+  np.testing.assert_allclose(stepped[:, answer], full[:, answer], atol=2e-5, rtol=1e-5)
+  np.testing.assert_array_equal(cached, recomputed)
 
 
 # ----------------------------------------------------------------- end to end

@@ -9,9 +9,9 @@ fixed points, and never branches on the scheme's name:
 hook                                                called / returns
 =================================================  =========================================
 ``token_embed(tokens, positions)``                  replaces the token embedding -> ``x``
-``embed(x, positions)``                             once, on the token embeddings -> new ``x``
+``embed(x, positions[, valid])``                    once, on the token embeddings -> new ``x``
 ``layer_input(x, positions, layer)``                before each block -> new ``x``
-``project(q, k, v, q_pos, k_pos, layer[, context])``  after the q/k/v projections -> ``q, k, v``
+``project(q, k, v, q_pos, k_pos, layer[, context, valid])``  after q/k/v projections -> ``q, k, v``
 ``logits(q, k, q_pos, k_pos, layer[, mask])``       inside attention -> additive ``[B|1,H,Lq,Lk]``
 ``values(weights, q_pos, k_pos, layer)``            after softmax -> additive ``[B,Lq,H,Dh]``
 ``projection(x, kind, layer)``                      replaces a projection (see below)
@@ -50,6 +50,14 @@ Class attributes a scheme may set:
   ``self.get_variable("cache", name)`` instead of recomputing.
 * ``PROJECT_CONTEXT``: ``project`` is also given ``context=``, the positions of the whole
   sequence ``[B|1, L]`` (xPos centres its scaling on them, the same in every decoding step).
+* ``EMBED_VALID``: ``embed`` is also given ``valid=``, the boolean ``[B, L]`` mask of the
+  rows' real tokens (False at the padding that fills a batch to its bucket's length), so
+  that a hook reading neighbouring tokens never lets padding reach a real position (conv);
+  in a decoding step, the new token's entry ``[B, 1]``.
+* ``PROJECT_VALID``: ``project`` is also given ``valid=``, the real tokens ``[B, L]`` of the
+  whole sequence (in a decoding step, of the whole buffer, as ``context``): with ``context``,
+  each row's own extent, e.g. its length (RoPE's context extension scales each sequence by
+  it, never by the padded length of its bucket).
 * ``LOGITS_MASK``: ``logits`` is also given ``mask=``, the boolean attention mask
   ``[B|1, 1, Lq, Lk]`` (which keys each query sees; CoPE counts only those).
 * ``"diagnostics"`` collection: in the training step a module may ``put_variable`` scalars
@@ -141,6 +149,8 @@ class Encoding(nn.Module):
   CONTENT_SCALE: ClassVar[float] = 1.0
   EVAL_CACHE: ClassVar[tuple[str, ...]] = ()
   LOGITS_MASK: ClassVar[bool] = False
+  EMBED_VALID: ClassVar[bool] = False
+  PROJECT_VALID: ClassVar[bool] = False
   PROJECT_CONTEXT: ClassVar[bool] = False
   SHARD_MAP: ClassVar[bool] = True
   INCREMENTAL: ClassVar[bool] = True

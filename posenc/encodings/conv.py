@@ -17,13 +17,14 @@ Padding of the convolution:
   right (odd ``k``: centred; even ``k``: wav2vec 2.0's ``SamePad``, which pads
   ``k/2`` on both sides and drops the last output).
 
-The embed hook gets no padding mask, so in the encoder the last
-``k − 1 − ⌊k/2⌋`` real tokens see, to their right, the **PAD-token embeddings**
-that fill the bucketed sequence (and the zero padding only past the bucket's
-end): how much of the kernel reaches PAD embeddings rather than zeros depends
-on the bucket a length falls in. The decoder is unaffected (padding comes
-after every real token). wav2vec 2.0's weight normalisation of the kernel is
-not used. ``positions`` are ignored: position comes from the token order.
+Batch padding: evaluation pads each sequence to its length bucket's length with PAD
+tokens. The hook asks for the validity mask (``EMBED_VALID``) and zeroes the embeddings
+of padding slots before convolving, so a sequence's last real tokens see exactly the
+zeros they would see at the end of an unpadded sequence, whatever bucket its length
+falls in (in the decoder padding comes after every real token anyway).
+
+wav2vec 2.0's weight normalisation of the kernel is not used. ``positions`` are
+ignored: position comes from the token order.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Encoding(_Base):
   """Adds ``GELU(Conv1d(x))`` (grouped, ``kernel_size`` wide) to the token embeddings."""
 
   INCREMENTAL = False  # the convolution reads neighbouring tokens' embeddings
+  EMBED_VALID = True   # padding slots are zeroed before the convolution reads them
 
   kernel_size: int = 15
   groups: int = 16
@@ -82,7 +84,9 @@ class Encoding(_Base):
       raise ConfigError("config.encoding.groups",
                         f"{self.groups} groups must divide d_model={d}; choose one of {divisors}")
 
-  def embed(self, x, positions):
+  def embed(self, x, positions, valid=None):
+    """``valid [B, L]``: the real tokens; padding reads as the convolution's zero padding."""
     del positions  # position comes from the convolution's view of the token order
-    y = conv1d(x, self.kernel, self.bias, groups=self.groups, causal=self.dims.causal)
+    real = x if valid is None else jnp.where(valid[..., None], x, jnp.zeros((), x.dtype))
+    y = conv1d(real, self.kernel, self.bias, groups=self.groups, causal=self.dims.causal)
     return x + nn.gelu(y, approximate=False)  # exact GELU, as torch (wav2vec 2.0)

@@ -31,12 +31,13 @@ embeddings, ``x_t + GRU(x_1..x_t)``, so the token identity has a direct path;
 ``residual = False`` feeds ``GRU(x_1..x_t)`` alone, as in that paper. It takes
 position from the **token order**, not from the ``positions`` array, which it
 ignores: randomized positions or offsets change nothing in this form. It is
-left to right in both modes. In an encoder a bidirectional RNN would be
-natural, but the ``embed`` hook gets no padding mask and a right-to-left pass
-would start in the bucket's PAD tail, making every token's encoding depend on
-how much padding its length bucket has; left to right, real tokens come before
-all padding and are unaffected by it (and the encoder's attention already sees
-both sides).
+left to right in both modes: real tokens come before all padding, so the PAD
+tail that fills a sequence to its length bucket never reaches them, and the
+scheme needs no validity mask (tested: a row's logits are the same however it
+is padded). In an encoder a bidirectional RNN would be natural; its
+right-to-left pass would start in the PAD tail and would have to skip it (ask
+for ``EMBED_VALID`` and reverse each row within its real tokens). It is not
+used here: the encoder's attention already sees both sides.
 """
 
 from __future__ import annotations

@@ -18,28 +18,32 @@ norms are preserved; the two pairings agree up to a channel permutation.
 
 The module rotates q and k (never v) in every layer; it has no parameters.
 
-Context extension happens only at evaluation, when a compiled program's
-positions go beyond the training program's. With ``L`` the original length
-(``encoding.original_length``, by default ``dims.train_length``, the longest
-training sequence):
+Context extension (``encoding.scaling``) is decided **per sequence**, by the sequence's
+own length, never by the padded length of the evaluation bucket it is batched in. With
+``L`` the original length (``encoding.original_length``, by default ``dims.train_length``,
+the longest training sequence: input plus answer) and ``L'`` the sequence's length:
 
-* the training program's position bound is ``L`` rounded up to a multiple of 8
-  (``posenc.data.buckets`` pads every program so), call it ``L₈``;
-* ``linear``, ``ntk`` and ``yarn`` are applied to a program iff its static
-  bound ``dims.max_position > L₈``, with ``s = encoding.factor`` or, when that
-  is 0, ``s = dims.max_position / L`` (the evaluated bucket's padded length over
-  the training length). Every length of that evaluation bucket shares ``s``;
-* ``dynamic_ntk`` reads the current length from the positions themselves:
-  ``L' = max(positions of the sequence) + 1`` (padding positions included, so
-  with contiguous positions ``L'`` is the bucket's padded length), applied
-  iff ``L' > L₈``, with HF's rule
-  ``base' = base·(α·L'/L − (α − 1))^{d/(d−2)}``, ``α = encoding.factor`` (0 →
-  1, which is plain NTK with ``s = L'/L``).
+* ``L'`` is one past the largest position among the row's real tokens (``valid``; the
+  hook asks for it and for the whole sequence's positions, ``PROJECT_VALID`` and
+  ``PROJECT_CONTEXT``). With contiguous positions from 0 that is the number of real
+  tokens (in the encoder transducer: the input plus the answer slots; in a decoder: the
+  prompt, SEP and the answer). Padding slots, whatever positions they hold, never count.
+* a sequence with ``L' ≤ L`` is never rescaled: it is rotated exactly as in training.
+* ``linear``, ``ntk`` and ``yarn`` rescale a sequence with ``L' > L`` by
+  ``s = encoding.factor`` or, when that is 0, ``s = L'/L``; so every sequence of an
+  evaluation gets its own ``s`` (reverse_string trained on inputs up to 16, ``L = 32``: an
+  input of 23 is ``L' = 46`` tokens with its answer, ``s = 46/32 ≈ 1.44``).
+* ``dynamic_ntk`` uses HF's rule with the sequence's length as the current length:
+  ``base' = base·(α·L'/L − (α − 1))^{d/(d−2)}``, ``α = encoding.factor`` (0 → 1, which is
+  plain NTK with ``s = L'/L``). In greedy decoding (``posenc.decoding``) the current length
+  is the same ``L'`` in the prefill and in every step (the buffer's real tokens: prompt
+  plus answer slots), so the cached keys and each new query are rotated as in the full
+  forward pass.
 
-With randomized positions or position offsets, training positions already reach
-past ``L`` (up to ``positions.max_position``, or ``L + offset``): set
-``encoding.original_length`` to that training bound, so that training is never
-rescaled and ``s`` is measured against the positions the model has seen.
+With randomized positions or position offsets, training positions already reach past
+``L`` (up to ``positions.max_position``, or ``L + offset``), and ``L'`` counts positions,
+not tokens: set ``encoding.original_length`` to that training bound, so that training is
+never rescaled and ``s`` is measured against the positions the model has seen.
 """
 
 from __future__ import annotations
@@ -55,8 +59,6 @@ from posenc.errors import ConfigError
 
 SCALINGS = ("none", "linear", "ntk", "dynamic_ntk", "yarn")
 PAIRINGS = ("interleaved", "half")
-# posenc.data.buckets rounds every program's length up to this multiple.
-PAD_MULTIPLE = 8
 
 
 def _check_dim(dim: int) -> None:
@@ -95,6 +97,46 @@ def yarn_correction_range(dim: int, base: float, original_length: int, beta_fast
   return float(low), float(high)
 
 
+def extended_frequencies(dim: int, factor, *, base: float = 10000.0, scaling: str = "none",
+                         original_length: int = 0, beta_fast: float = 32.0,
+                         beta_slow: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Frequencies ``[*S, dim/2]`` and cos/sin scales ``[*S]`` (float32) of a static rule.
+
+  ``factor`` is ``s`` (``≥ 1``), of any shape ``S`` and possibly traced (one ``s`` per
+  sequence); the rules are those of :func:`scaled_frequencies`. NTK is computed as
+  ``θ_m·s^{−2m/(d−2)}``, which equals ``(base·s^{d/(d−2)})^{−2m/d}`` and leaves ``θ``
+  exact at ``s = 1``.
+  """
+  _check_dim(dim)
+  if scaling not in SCALINGS or scaling == "dynamic_ntk":
+    raise ValueError(f"static scaling must be one of none, linear, ntk, yarn; got {scaling!r} "
+                     "(dynamic_ntk: use dynamic_ntk_frequencies)")
+  theta = jnp.asarray(_np_frequencies(dim, base), jnp.float32)
+  s = jnp.asarray(factor, jnp.float32)
+  ones = jnp.ones(s.shape, jnp.float32)
+  if scaling == "none":
+    return jnp.broadcast_to(theta, (*s.shape, dim // 2)), ones
+  if scaling == "linear":
+    return theta / s[..., None], ones
+  if scaling == "ntk":
+    return _ntk(theta, s, dim), ones
+  if original_length <= 0:
+    raise ValueError("yarn needs the original (training) length")
+  low, high = yarn_correction_range(dim, base, original_length, beta_fast, beta_slow)
+  if low == high:
+    high += 0.001  # as the reference code: avoid a zero-width ramp
+  ramp = jnp.asarray(np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0),
+                     jnp.float32)
+  out = theta / s[..., None] * ramp + theta * (1.0 - ramp)
+  return out, jnp.where(s > 1, 0.1 * jnp.log(jnp.maximum(s, 1.0)) + 1.0, 1.0)
+
+
+def _ntk(theta: jax.Array, s: jax.Array, dim: int) -> jax.Array:
+  """``θ_m·s^{−2m/(d−2)}`` for ``s [*S]``: the frequencies of the base ``base·s^{d/(d−2)}``."""
+  exponents = -jnp.arange(0, dim, 2, dtype=jnp.float32) / (dim - 2)
+  return theta * s[..., None] ** exponents
+
+
 def scaled_frequencies(dim: int, *, base: float = 10000.0, scaling: str = "none", factor: float = 1.0,
                        original_length: int = 0, beta_fast: float = 32.0,
                        beta_slow: float = 1.0) -> tuple[jax.Array, float]:
@@ -109,43 +151,27 @@ def scaled_frequencies(dim: int, *, base: float = 10000.0, scaling: str = "none"
     :func:`yarn_correction_range` (fast pairs keep θ, slow pairs get θ/s), and
     scale :func:`yarn_attention_factor`.
 
-  ``factor`` is ``s``; ``original_length`` is ``L`` (used by ``yarn`` only).
+  ``factor`` is one ``s`` (a number; :func:`extended_frequencies` takes one per sequence);
+  ``original_length`` is ``L`` (used by ``yarn`` only).
   """
-  _check_dim(dim)
-  if scaling not in SCALINGS or scaling == "dynamic_ntk":
-    raise ValueError(f"scaled_frequencies: static scaling must be one of none, linear, ntk, yarn; "
-                     f"got {scaling!r} (dynamic_ntk: use dynamic_ntk_frequencies)")
-  theta = _np_frequencies(dim, base)
-  s = float(factor)
-  attention = 1.0
-  if scaling == "linear":
-    theta = theta / s
-  elif scaling == "ntk":
-    theta = _np_frequencies(dim, base * s ** (dim / (dim - 2)))
-  elif scaling == "yarn":
-    if original_length <= 0:
-      raise ValueError("yarn needs the original (training) length")
-    low, high = yarn_correction_range(dim, base, original_length, beta_fast, beta_slow)
-    if low == high:
-      high += 0.001  # as the reference code: avoid a zero-width ramp
-    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
-    theta = theta / s * ramp + theta * (1.0 - ramp)
-    attention = yarn_attention_factor(s)
-  return jnp.asarray(theta, jnp.float32), attention
+  theta, _ = extended_frequencies(dim, float(factor), base=base, scaling=scaling,
+                                  original_length=original_length, beta_fast=beta_fast,
+                                  beta_slow=beta_slow)
+  return theta, (yarn_attention_factor(float(factor)) if scaling == "yarn" else 1.0)
 
 
 def dynamic_ntk_frequencies(dim: int, length: jax.Array, *, base: float = 10000.0,
                             original_length: int, factor: float = 1.0) -> jax.Array:
   """Dynamic NTK (emozilla; HF ``_compute_dynamic_ntk_parameters``) for current ``length``.
 
-  ``base' = base·(α·L'/L − (α − 1))^{d/(d−2)}`` with ``L' = max(length, L)``;
-  ``length`` may be traced, of any shape ``S``; returns ``[*S, dim/2]`` float32.
+  ``base' = base·(α·L'/L − (α − 1))^{d/(d−2)}`` with ``L' = max(length, L)``, i.e. NTK with
+  ``s = α·L'/L − (α − 1)`` (exactly θ for ``length ≤ L``); ``length`` may be traced, of
+  any shape ``S``; returns ``[*S, dim/2]`` float32.
   """
   _check_dim(dim)
-  cur = jnp.maximum(jnp.asarray(length, jnp.float32), float(original_length))
-  new_base = base * (factor * cur / original_length - (factor - 1.0)) ** (dim / (dim - 2))
-  exponents = jnp.arange(0, dim, 2, dtype=jnp.float32) / dim
-  return new_base[..., None] ** -exponents
+  cur = jnp.asarray(length, jnp.float32)
+  s = jnp.where(cur > original_length, factor * cur / original_length - (factor - 1.0), 1.0)
+  return _ntk(jnp.asarray(_np_frequencies(dim, base), jnp.float32), s, dim)
 
 
 def rotate_pairs(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str) -> jax.Array:
@@ -182,10 +208,13 @@ def rotate(x: jax.Array, positions: jax.Array, *, base: float = 10000.0, pairing
 class Encoding(_Base):
   """Rotates q and k by their positions in every layer (see the module docstring)."""
 
+  PROJECT_CONTEXT = True  # the whole sequence's positions ...
+  PROJECT_VALID = True    # ... and its real tokens: each sequence's own length L'
+
   base: float = 10000.0
   pairing: str = "interleaved"      # or "half" (GPT-NeoX / Llama)
-  scaling: str = "none"             # evaluation only: linear | ntk | dynamic_ntk | yarn
-  factor: float = 0.0               # s (α for dynamic_ntk); 0: derived from the evaluated length
+  scaling: str = "none"             # sequences longer than L: linear | ntk | dynamic_ntk | yarn
+  factor: float = 0.0               # s (α for dynamic_ntk); 0: s = L'/L, per sequence
   original_length: int = 0          # L; 0: dims.train_length
   beta_fast: float = 32.0           # YaRN ramp bounds (rotations within L)
   beta_slow: float = 1.0
@@ -201,7 +230,7 @@ class Encoding(_Base):
       raise ConfigError("config.encoding.base", f"must be > 1, got {self.base}")
     if self.factor != 0 and self.factor < 1:
       raise ConfigError("config.encoding.factor",
-                        f"must be >= 1 (or 0 to derive s = evaluated length / training length), "
+                        f"must be >= 1 (or 0: s = each sequence's length / the training length), "
                         f"got {self.factor}")
     if self.original_length < 0:
       raise ConfigError("config.encoding.original_length",
@@ -219,38 +248,56 @@ class Encoding(_Base):
   def _original_length(self) -> int:
     return self.original_length or self.dims.train_length
 
-  def _training_bound(self) -> int:
-    """The position bound of the program that trained on ``L`` tokens (``L`` padded)."""
-    length = self._original_length()
-    return -(-length // PAD_MULTIPLE) * PAD_MULTIPLE
-
-  def static_frequencies(self) -> tuple[jax.Array, float]:
-    """Frequencies and cos/sin scale for this program (scaled only beyond the training bound)."""
-    d = self.dims.head_dim
-    if self.scaling in ("none", "dynamic_ntk") or self.dims.max_position <= self._training_bound():
-      return frequencies(d, self.base), 1.0
-    s = self.factor or self.dims.max_position / self._original_length()
-    return scaled_frequencies(d, base=self.base, scaling=self.scaling, factor=s,
-                              original_length=self._original_length(),
-                              beta_fast=self.beta_fast, beta_slow=self.beta_slow)
-
-  def _cos_sin(self, positions):
-    """cos, sin ``[B|1, L, 1, Dh/2]`` (broadcast over heads) for positions ``[B|1, L]``."""
-    pos = positions.astype(jnp.float32)
+  def sequence_frequencies(self, length) -> tuple[jax.Array, jax.Array]:
+    """Frequencies ``[*S, Dh/2]`` and cos/sin scales ``[*S]`` of sequences of length ``length``
+    (``L'``, any shape ``S``, may be traced): exactly ``θ`` and 1 where ``L' ≤ L``."""
+    d, L = self.dims.head_dim, self._original_length()
+    length = jnp.asarray(length, jnp.float32)
+    theta = jnp.broadcast_to(frequencies(d, self.base), (*length.shape, d // 2))
+    ones = jnp.ones(length.shape, jnp.float32)
+    if self.scaling == "none":
+      return theta, ones
+    beyond = length > L
     if self.scaling == "dynamic_ntk":
-      current = jnp.max(pos, axis=-1) + 1.0  # [B|1]
-      current = jnp.where(current > self._training_bound(), current, float(self._original_length()))
-      theta = dynamic_ntk_frequencies(self.dims.head_dim, current, base=self.base,
-                                      original_length=self._original_length(),
-                                      factor=self.factor or 1.0)[:, None, :]  # [B|1, 1, Dh/2]
-      scale = 1.0
+      scaled = dynamic_ntk_frequencies(d, length, base=self.base, original_length=L,
+                                       factor=self.factor or 1.0)
+      scale = ones
     else:
-      theta, scale = self.static_frequencies()
-    angles = (pos[..., None] * theta)[:, :, None, :]
-    return scale * jnp.cos(angles), scale * jnp.sin(angles)
+      s = jnp.where(beyond, self.factor or length / L, 1.0)
+      scaled, scale = extended_frequencies(d, s, base=self.base, scaling=self.scaling,
+                                           original_length=L, beta_fast=self.beta_fast,
+                                           beta_slow=self.beta_slow)
+    return jnp.where(beyond[..., None], scaled, theta), jnp.where(beyond, scale, 1.0)
 
-  def project(self, q, k, v, q_pos, k_pos, layer):
+  def static_frequencies(self) -> tuple[jax.Array, jax.Array]:
+    """Frequencies and cos/sin scale of a sequence that fills this program's bound
+    (``L' = dims.max_position``): those of the longest sequence the program can hold."""
+    return self.sequence_frequencies(self.dims.max_position)
+
+  @staticmethod
+  def sequence_length(context: jax.Array, valid: jax.Array) -> jax.Array:
+    """``L'`` per row ``[B]`` (float32): one past the largest position of its real tokens
+    (``context [B|1, L]`` positions, ``valid [B|1, L]``); 0 for a row without any."""
+    last = jnp.max(jnp.where(valid, context, -1), axis=-1)
+    return last.astype(jnp.float32) + 1.0
+
+  def _cos_sin(self, positions, theta, scale):
+    """cos, sin ``[B|1, L, 1, Dh/2]`` (broadcast over heads) for positions ``[B|1, L]`` and
+    each row's frequencies ``theta [B|1, Dh/2]`` and scale ``[B|1]``."""
+    angles = positions.astype(jnp.float32)[..., None] * theta[:, None, :]
+    scale = scale[:, None, None, None]
+    return scale * jnp.cos(angles)[:, :, None, :], scale * jnp.sin(angles)[:, :, None, :]
+
+  def project(self, q, k, v, q_pos, k_pos, layer, context=None, valid=None):
+    """``context``: the whole sequence's positions (default ``k_pos``); ``valid``: its real
+    tokens (default all), from which each row's ``L'`` is read."""
     del layer
-    cq, sq = self._cos_sin(q_pos)
-    ck, sk = (cq, sq) if k_pos is q_pos else self._cos_sin(k_pos)
+    if self.scaling == "none":
+      theta, scale = frequencies(self.dims.head_dim, self.base)[None], jnp.ones((1,), jnp.float32)
+    else:
+      context = k_pos if context is None else context
+      valid = jnp.ones(context.shape, bool) if valid is None else valid
+      theta, scale = self.sequence_frequencies(self.sequence_length(context, valid))
+    cq, sq = self._cos_sin(q_pos, theta, scale)
+    ck, sk = (cq, sq) if k_pos is q_pos else self._cos_sin(k_pos, theta, scale)
     return (rotate_pairs(q, cq, sq, self.pairing), rotate_pairs(k, ck, sk, self.pairing), v)
