@@ -213,3 +213,20 @@ def test_two_sweep_workers_on_one_root_run_every_point_exactly_once(tmp_path):
     assert (wd / "DONE").exists() and not (wd / ".lock").exists()
     steps = [json.loads(l)["step"] for l in (wd / "metrics.jsonl").read_text().splitlines()]
     assert steps and len(steps) == len(set(steps)) and steps == sorted(steps), (name, steps)
+
+
+def test_multi_host_runs_lock_on_process_0_only_and_follow_its_decision(tmp_path, monkeypatch):
+  import jax
+  wd = tmp_path / "run"
+  decided = {}
+  monkeypatch.setattr(workdir_lock, "agree", lambda value: decided.setdefault("value", value))
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  lock = workdir_lock.acquire_on_process_0(str(wd))  # process 0 said "taken" (0)
+  assert not lock.held and not wd.exists()  # a process other than 0 writes no lock
+  decided["value"] = 1  # process 0 was refused: every process stops, naming where to look
+  with pytest.raises(workdir_lock.WorkdirLocked, match="process 0 found it locked"):
+    workdir_lock.acquire_on_process_0(str(wd))
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  decided.clear()
+  with workdir_lock.acquire_on_process_0(str(wd)) as lock:
+    assert lock.held and decided == {"value": 0}
