@@ -32,6 +32,19 @@ captured; None if the scheme never forms them). The model then adds no ``logits`
 ``values`` term and ignores ``CONTENT_SCALE``: a scheme with ``attend`` computes everything
 inside attention itself (its own scores, gates, stick-breaking or forgetting weights).
 
+What these hooks may carry, so that no scheme needs a hook of its own:
+
+* a bias computed from the layer's input: ``projection`` may return per-head widths that
+  differ by ``kind``; extra key channels computed from ``x`` (one per token) ride in the
+  key/value cache with the key, so ``attend`` sees them for every cached token in a decoding
+  step (FoX: ``log f_t`` in the key's last channel, float32);
+* a replacement for the softmax: ``attend`` forms any weights from ``q, k`` and ``mask``;
+  the mask is where the order of the keys lives (the query's own key is the last key its row
+  sees, in a full pass and in a decoding step alike: stick-breaking starts there);
+* a function of the content logits: ``logits`` may recompute ``q·k·content_scale()/sqrt(Dh)``
+  and return any function of it and the positions, as the additive term (DAPE's MLP over
+  ``[logits; bias]``; CoPE's gates).
+
 Shapes: ``tokens`` is int32 ``[B, L]`` (ids below ``dims.vocab_size``); ``x`` is ``[B, L, D]``; ``q, k, v`` are ``[B, L, H, Dh]``; positions are
 int32 ``[B|1, L]`` (explicit, never an implicit ``arange``); ``weights`` are
 ``[B, H, Lq, Lk]``; ``layer`` is a Python int.
