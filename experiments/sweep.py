@@ -97,7 +97,8 @@ def main(argv):
             "--config.sweep.schemes / --config.sweep.tasks", file=sys.stderr)
       sys.exit(2)
     sweeping.enable_compilation_cache(_CACHE.value or os.path.join(config.workdir, ".jax_cache"))
-    status = sweeping.run_points(resolved, shard, stop_on_error=_STOP.value)
+    status = sweeping.run_points(resolved, shard, stop_on_error=_STOP.value,
+                                 prune=bool(config.sweep.get("prune_finished", False)))
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -420,13 +420,21 @@ def commands(config_arg: str, preset: str, n: int, overrides: dict, root: str | 
 
 
 def finished(config: ml_collections.ConfigDict) -> bool:
-  """Whether ``config.workdir`` holds a finished run of exactly this config."""
+  """Whether ``config.workdir`` holds a finished run of exactly this config.
+
+  Its ``DONE`` holds the config's hash, or its ``results.json`` carries it (a committed point:
+  results kept in git without checkpoints or ``DONE``; see :mod:`experiments.store`).
+  """
+  from experiments import store
   from posenc import train
+  config_hash = train.config_hash(config)
+  if store.committed(config.workdir, config_hash):
+    return True
   done = os.path.join(config.workdir, "DONE")
   if not (os.path.exists(done) and os.path.exists(os.path.join(config.workdir, "results.json"))):
     return False
   with open(done) as f:
-    return f.read().strip() == train.config_hash(config)
+    return f.read().strip() == config_hash
 
 
 def shard_indices(n: int, shard: tuple[int, int] = (0, 1)) -> list[int]:
@@ -468,14 +476,17 @@ def _fmt(v: float | None) -> str:
 
 def run_points(resolved: Sequence[tuple[dict[str, Any], ml_collections.ConfigDict]],
                shard: tuple[int, int] = (0, 1), *, stop_on_error: bool = False,
-               out: TextIO | None = None, log: Callable[[str], None] = print
-               ) -> dict[str, list[int]]:
+               out: TextIO | None = None, log: Callable[[str], None] = print,
+               prune: bool = False) -> dict[str, list[int]]:
   """Runs the points in order (this shard's share); returns indices run / skipped / failed.
 
   ``resolved`` is :func:`resolve_all`'s list; the sweep's own lines go to
-  ``out`` (default stdout), each run's log lines to ``log``.
+  ``out`` (default stdout), each run's log lines to ``log``. With ``prune``, each finished
+  point (run now or before) loses its checkpoints and TensorBoard events
+  (:func:`experiments.store.prune`; the sweep config's ``sweep.prune_finished``).
   """
   import jax
+  from experiments import store
   from posenc import train
 
   def say(text: str) -> None:
@@ -492,6 +503,8 @@ def run_points(resolved: Sequence[tuple[dict[str, Any], ml_collections.ConfigDic
     if decision == "finished":
       status["skipped"].append(i)
       say(f"{tag} skip (finished): {describe(point)} -> {config.workdir}")
+      if prune and jax.process_index() == 0:
+        store.prune(config.workdir, train.config_hash(config))
       continue
     if decision == "elsewhere":
       status["elsewhere"].append(i)
@@ -514,6 +527,8 @@ def run_points(resolved: Sequence[tuple[dict[str, Any], ml_collections.ConfigDic
       finally:
         jax.clear_caches()  # one process runs many programs; keep its memory flat
     status["ran"].append(i)
+    if prune and jax.process_index() == 0:
+      store.prune(config.workdir, train.config_hash(config))
     say(f"{tag} done in {time.perf_counter() - t0:.0f}s: {results['scheme']} on {results['task']} "
         f"seed {results['seed']}: in-range {_fmt(results['in_range_score'])}, "
         f"beyond {_fmt(results['out_of_range_score'])}")

@@ -1,0 +1,132 @@
+"""The atlas: which encoding extrapolates, every scheme on representative tasks, in both model forms.
+
+One committed, reproducible answer, filled on a 2-core CPU and kept as data in
+``experiments/atlas/`` (each point's ``results.json`` and ``config.json``, plus the collected
+report; see ``experiments/atlas/README.md``)::
+
+  python -m experiments.sweep --config=configs/sweeps/atlas.py --root=experiments/atlas
+  python -m experiments.collect experiments/atlas        # -> experiments/atlas/report/
+
+The sweep skips every point whose ``results.json`` was made with the point's config (same
+config hash; no checkpoint or ``DONE`` needed), so it resumes the committed atlas, can be filled
+over several sittings, and extended by anyone: add a scheme or task and run the same command.
+Finished points keep only small files (``sweep.prune_finished``: checkpoints and TensorBoard
+events are deleted once ``results.json`` is written).
+
+Points (``get_sweep``), seeds ``0..sweep.seeds-1`` (2) each, seed-major so that a sweep stopped
+early has a whole table of seed 0:
+
+* **encoder** (transducer, Delétang et al. 2023): every scheme whose ``MODES`` include
+  "encoder" (discovered), plus randomized positions (Ruoss et al. 2023) on
+  :data:`RANDOMIZED` (the point key ``positions.kind=randomized``, positions drawn from
+  ``[0, positions.max_position)`` in training and evaluation), on :data:`ENCODER_TASKS`: two
+  tasks per Chomsky level.
+* **decoder** (causal, ``prompt SEP answer``, Kazemnejad et al. 2023): every scheme whose
+  ``MODES`` include "decoder" (NoPE included), on :data:`DECODER_TASKS` (copy, addition,
+  sorting and reverse_string in decoder form), scored by teacher-forced per-token accuracy and
+  by greedy exact match (``eval.greedy``: the whole answer decoded right).
+
+``--config.sweep.schemes`` / ``--config.sweep.tasks`` narrow both forms (a filter naming only
+encoder tasks leaves the decoder form empty, and the other way round).
+
+Protocol (default preset), one per form; every other field is ``configs/base.py``'s default
+preset (2 layers, d = 64, 4 heads, FFN 128, no dropout, Adam, cosine schedule):
+
+============================  =====================  ======================================
+field                         encoder                decoder
+============================  =====================  ======================================
+layer norm                    post-LN (the papers')  pre-LN (``configs/decoder.py``)
+training lengths              1–12                   1–12
+evaluated lengths             1–30                   1–30
+steps × batch                 see below
+learning rate                 1e-3, 50 warmup steps, cosine to 0
+evaluation                    32 samples per length, 2 length buckets
+============================  =====================  ======================================
+
+How the size was chosen (measured on this project's 2-core CPU; see the sizing note at the end
+of this docstring).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments import sweeping
+from posenc.errors import ConfigError
+
+# Two tasks per Chomsky level: R, DCF, CS (Delétang et al. 2023, Table 2's rows).
+ENCODER_TASKS = ("even_pairs", "parity_check",            # R (parity: the negative control)
+                 "reverse_string", "stack_manipulation",  # DCF
+                 "odds_first", "bucket_sort")             # CS
+# Kazemnejad et al. 2023's copy, addition and sorting, and one Chomsky task in decoder form.
+DECODER_TASKS = ("copy", "addition", "sorting", "reverse_string")
+# Schemes that also get randomized positions (Ruoss et al. 2023 report these four).
+RANDOMIZED = ("sinusoidal", "rope", "alibi", "t5")
+FORMS = ("encoder", "decoder")
+
+TRAIN_MAX = 12
+EVAL_MAX = 30
+# Settings of both forms (the encoder's values; decoder points override DECODER's keys).
+_SHARED = {
+    "smoke": {"model.causal": False, "positions.max_position": 64},
+    "default": {"model.causal": False, "task.train_max_length": TRAIN_MAX,
+                "train.steps": 600, "train.batch_size": 32, "train.warmup_steps": 50,
+                "eval.max_length": EVAL_MAX, "eval.samples_per_length": 32,
+                "eval.batch_size": 32, "eval.num_buckets": 2,
+                "positions.max_position": 4 * EVAL_MAX, "checkpoint.every_steps": 300,
+                "checkpoint.max_to_keep": 1},
+}
+# What a decoder point sets on top (its workdir name carries these keys).
+DECODER = {"model.causal": True, "model.pre_ln": True, "eval.greedy": True}
+RANDOM = {"positions.kind": "randomized"}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  preset = arg or "default"
+  if preset not in _SHARED:
+    raise ValueError(f"the atlas has one protocol (default) and a smoke preset for tests; "
+                     f"got {preset!r} (use configs/sweeps/chomsky.py:paper for the paper's)")
+  c = sweeping.sweep_config(arg, name="atlas", shared=_SHARED[preset], seeds=2 if preset ==
+                            "default" else 1)
+  c.workdir = "experiments/atlas" if preset == "default" else c.workdir
+  c.sweep.prune_finished = True  # keep results.json / config.json / DONE, not checkpoints
+  return c
+
+
+def _form_tasks(config: ml_collections.ConfigDict, wanted: tuple[str, ...],
+                levels: tuple[str, ...]) -> list[str]:
+  """``wanted`` (in that order) that ``sweep.tasks`` keeps; unknown filter names are errors."""
+  available = sweeping.tasks_of_levels(
+      ml_collections.ConfigDict({"sweep": {"tasks": ""}}), levels)
+  every = sorted(set(ENCODER_TASKS) | set(DECODER_TASKS))
+  chosen = sweeping.selected("config.sweep.tasks", config.sweep.tasks, every, every,
+                             "is not an atlas task")
+  return [t for t in wanted if t in chosen and t in available]
+
+
+def get_sweep(config: ml_collections.ConfigDict) -> list[dict]:
+  filters = ml_collections.ConfigDict({"sweep": {"schemes": ""}})
+  enc_schemes = sweeping.schemes_for("encoder", filters)
+  dec_schemes = sweeping.schemes_for("decoder", filters)
+  every = sorted(set(enc_schemes) | set(dec_schemes))
+  chosen = set(sweeping.selected("config.sweep.schemes", config.sweep.schemes, every, every,
+                                 "is not valid in an encoder or a decoder"))
+  enc_tasks = _form_tasks(config, ENCODER_TASKS, sweeping.CHOMSKY_LEVELS)
+  dec_tasks = _form_tasks(config, DECODER_TASKS, (*sweeping.CHOMSKY_LEVELS, "decoder"))
+  points = []
+  for seed in range(config.sweep.seeds):
+    for task in enc_tasks:
+      for scheme in enc_schemes:
+        if scheme in chosen:
+          points.append({"scheme": scheme, "task.name": task, "seed": seed})
+      for scheme in RANDOMIZED:
+        if scheme in chosen and scheme in enc_schemes:
+          points.append({"scheme": scheme, "task.name": task, "seed": seed, **RANDOM})
+    for task in dec_tasks:
+      for scheme in dec_schemes:
+        if scheme in chosen:
+          points.append({"scheme": scheme, "task.name": task, "seed": seed, **DECODER})
+  if not points:
+    raise ConfigError("config.sweep.schemes", "no atlas point is left after the schemes and "
+                      "tasks filters; widen --config.sweep.schemes / --config.sweep.tasks")
+  return points

@@ -1,0 +1,335 @@
+"""The atlas: its points, collect's heatmaps, and sweeps that skip what is committed.
+
+Everything here is made by hand (results.json files, point folders): no model is trained.
+"""
+
+from __future__ import annotations
+
+import csv
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from experiments import collect, store, sweeping
+from posenc import encodings, tasks, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ATLAS = os.path.join(ROOT, "configs", "sweeps", "atlas.py")
+ATLAS_DIR = os.path.join(ROOT, "experiments", "atlas")
+
+
+def _module():
+  return sweeping.load_module(ATLAS)
+
+
+def _valid(mode):
+  return [n for n in encodings.names() if mode in encodings.get(n).MODES]
+
+
+# ----------------------------------------------------------------------------- the points
+
+
+def test_atlas_points_cover_every_scheme_both_forms_and_randomized_positions():
+  m = _module()
+  config = m.get_config()
+  pts = m.get_sweep(config)
+  enc = [p for p in pts if not p.get("model.causal")]
+  dec = [p for p in pts if p.get("model.causal")]
+  rand = [p for p in enc if p.get("positions.kind") == "randomized"]
+  seeds = config.sweep.seeds
+  assert seeds >= 2
+  assert len(enc) == (len(_valid("encoder")) + len(m.RANDOMIZED)) * len(m.ENCODER_TASKS) * seeds
+  assert len(dec) == len(_valid("decoder")) * len(m.DECODER_TASKS) * seeds
+  assert {p["scheme"] for p in dec} == set(_valid("decoder")) and "none" in {p["scheme"] for p in dec}
+  assert {p["scheme"] for p in rand} == {"sinusoidal", "rope", "alibi", "t5"}
+  assert all(p["eval.greedy"] and p["model.pre_ln"] for p in dec)
+  levels = [tasks.registry()[t].level for t in m.ENCODER_TASKS]
+  assert all(levels.count(level) >= 2 for level in ("R", "DCF", "CS"))
+  assert {"copy", "addition", "sorting"} <= set(m.DECODER_TASKS)
+  assert any(tasks.registry()[t].level in ("R", "DCF", "CS") for t in m.DECODER_TASKS)
+  # Seed-major: the first half is a whole table of seed 0.
+  assert [p["seed"] for p in pts] == sorted(p["seed"] for p in pts)
+  resolved = sweeping.resolve_all(m, config)  # distinct workdirs, all under experiments/atlas
+  assert all(c.workdir.startswith("experiments/atlas/") for _, c in resolved)
+  dec_config = next(c for p, c in resolved if p.get("model.causal"))
+  assert dec_config.model.causal and dec_config.eval.greedy and dec_config.model.pre_ln
+  rand_config = next(c for p, c in resolved if p.get("positions.kind") == "randomized")
+  assert rand_config.positions.max_position >= rand_config.eval.max_length
+
+
+def test_atlas_filters_narrow_both_forms():
+  m = _module()
+  config = m.get_config("smoke")
+  config.sweep.schemes, config.sweep.tasks = "rope,none", "parity_check,copy"
+  pts = m.get_sweep(config)
+  assert [(p["scheme"], p["task.name"], p.get("model.causal", False), p.get("positions.kind"))
+          for p in pts] == [("rope", "parity_check", False, None),
+                            ("rope", "parity_check", False, "randomized"),
+                            ("none", "copy", True, None), ("rope", "copy", True, None)]
+  config.sweep.tasks = "even_pairs"
+  config.sweep.schemes = "none"  # a decoder-only scheme on an encoder-only selection
+  with pytest.raises(Exception, match="no atlas point"):
+    m.get_sweep(config)
+  config.sweep.tasks = "not_a_task"
+  with pytest.raises(Exception, match="not_a_task"):
+    m.get_sweep(config)
+  with pytest.raises(ValueError, match="one protocol"):
+    m.get_config("paper")
+
+
+# ----------------------------------------------------------------------------- hand-made runs
+
+
+def _run(root, name, scheme, task, seed, in_score, out_score, *, mode="encoder",
+         kind="contiguous", greedy=None, done=True):
+  folder = os.path.join(root, name)
+  os.makedirs(folder)
+  per_length = {str(l): in_score for l in range(1, 4)}
+  per_length.update({str(l): out_score for l in range(4, 9)})
+  results = {"scheme": scheme, "task": task, "seed": seed, "preset": "default", "steps": 100,
+             "mode": mode, "train_range": [1, 3], "eval_range": [1, 8], "per_length": per_length,
+             "in_range_score": in_score, "out_of_range_score": out_score, "config_hash": "h"}
+  if greedy is not None:
+    results["greedy"] = {"in_range_exact_match": greedy[0], "out_of_range_exact_match": greedy[1],
+                         "per_length_exact_match": {"1": greedy[0], "8": greedy[1]}}
+  with open(os.path.join(folder, "results.json"), "w") as f:
+    json.dump(results, f)
+  config = {"seed": seed, "model": {"causal": mode == "decoder", "pre_ln": mode == "decoder"},
+            "positions": {"kind": kind}, "task": {"name": task}, "eval": {"greedy": bool(greedy)}}
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(config, f)
+  if done:
+    with open(os.path.join(folder, "DONE"), "w") as f:
+      f.write("h\n")
+
+
+# (variant, task) -> per-seed (in, beyond); parity_check's chance is 1/2, bucket_sort's 1/5.
+ENC = {("alibi", "parity_check"): [(0.9, 0.50), (0.8, 0.48)],
+       ("rope", "parity_check"): [(1.0, 0.60), (1.0, 0.70)],
+       ("rope [randomized]", "parity_check"): [(0.7, 0.65), (0.9, 0.65)],
+       ("alibi", "bucket_sort"): [(1.0, 0.60), (1.0, 0.60)],
+       ("rope", "bucket_sort"): [(1.0, 0.90), (0.9, 1.00)],
+       ("rope [randomized]", "bucket_sort"): [(1.0, 0.95), (1.0, 0.95)]}
+# Decoder runs: (in, beyond) accuracy and (in, beyond) greedy exact match.
+DEC = {("none", "copy"): [((0.9, 0.3), (0.8, 0.1)), ((0.7, 0.5), (0.6, 0.2))],
+       ("rope", "copy"): [((1.0, 0.2), (1.0, 0.0)), ((1.0, 0.4), (0.9, 0.0))],
+       ("rope", "parity_check"): [((0.95, 0.55), (0.95, 0.55)), ((0.85, 0.45), (0.85, 0.45))]}
+
+
+def _make_runs(root):
+  for (variant, task), seeds in ENC.items():
+    scheme, kind = (variant.split()[0], "randomized") if "[" in variant else (variant, "contiguous")
+    for seed, (i, o) in enumerate(seeds):
+      name = f"{scheme}-{task}{'-kindrandomized' if kind != 'contiguous' else ''}-seed{seed}"
+      _run(root, name, scheme, task, seed, i, o, kind=kind)
+  for (scheme, task), seeds in DEC.items():
+    for seed, ((i, o), greedy) in enumerate(seeds):
+      _run(root, f"{scheme}-{task}-causalTrue-seed{seed}", scheme, task, seed, i, o,
+           mode="decoder", greedy=greedy)
+
+
+def test_heatmap_values_chance_scaling_and_best_row(tmp_path):
+  _make_runs(str(tmp_path / "runs"))
+  runs = collect.label_runs(collect.find_runs([str(tmp_path / "runs")]), log=lambda *_: None)
+  labels = {(r.label, r.variant) for r in runs}
+  # rope ran in both forms on parity_check, so labels name the form; the decoder's pre-LN and
+  # greedy settings come with the form and are not repeated; contiguous goes without saying.
+  assert labels == {("alibi [encoder]", "alibi"), ("rope [encoder]", "rope"),
+                    ("rope [encoder, randomized]", "rope [randomized]"),
+                    ("none [decoder]", "none"), ("rope [decoder]", "rope")}
+  maps = {(h.form, h.metric): h for h in collect.heatmaps(runs)}
+  assert sorted(maps) == [("decoder", "accuracy"), ("decoder", "exact_match"),
+                          ("encoder", "accuracy")]  # encoders have no greedy decoding
+  enc = maps[("encoder", "accuracy")]
+  assert enc.rows == ["alibi", "rope", "rope [randomized]"]
+  assert enc.tasks == ["parity_check", "bucket_sort"]  # by Chomsky level: R before CS
+  assert enc.chance == [0.5, 0.2]
+  for i, row in enumerate(enc.rows):
+    for j, task in enumerate(enc.tasks):
+      seeds = ENC[(row, task)]
+      np.testing.assert_allclose(enc.beyond[i, j], np.mean([o for _, o in seeds]))
+      np.testing.assert_allclose(enc.within[i, j], np.mean([i_ for i_, _ in seeds]))
+      assert enc.seeds[i, j] == 2
+  # Colour: (v - chance) / (1 - chance), clipped; alibi's parity 0.49 is below chance -> 0.
+  np.testing.assert_allclose(enc.scaled(enc.beyond),
+                             [[0.0, (0.6 - 0.2) / 0.8], [(0.65 - 0.5) / 0.5, (0.95 - 0.2) / 0.8],
+                              [(0.65 - 0.5) / 0.5, (0.95 - 0.2) / 0.8]])
+  assert enc.best() == [["rope", "rope [randomized]"], ["rope", "rope [randomized]"]]  # ties
+
+  dec = maps[("decoder", "accuracy")]
+  assert dec.rows == ["none", "rope"] and dec.tasks == ["parity_check", "copy"]
+  assert dec.chance == [0.5, 0.01]
+  assert np.isnan(dec.beyond[0, 0]) and np.isnan(dec.within[0, 0])  # none never ran parity
+  np.testing.assert_allclose(dec.beyond[:, 1], [0.4, 0.3])
+  assert dec.best() == [["rope"], ["none"]]
+  exact = maps[("decoder", "exact_match")]
+  assert exact.chance == [0.0, 0.0]
+  np.testing.assert_allclose(exact.beyond[:, 1], [0.15, 0.0])
+  np.testing.assert_allclose(exact.within[:, 1], [0.7, 0.95])
+
+  md = collect.heatmap_markdown(list(maps.values()))
+  block = md.split("### encoder: accuracy")[1].split("###")[0]
+  assert "![encoder accuracy](heatmaps/encoder_accuracy.png)" in block
+  assert "| rope [randomized] | 65.0 (80.0) | 95.0 (100.0) |" in block
+  assert "| alibi | 49.0 (85.0) | 60.0 (100.0) |" in block
+  assert "| **best** | rope, rope [randomized]: 65.0 | rope, rope [randomized]: 95.0 |" in block
+  assert "| chance | 50.0 | 20.0 |" in block
+  dec_block = md.split("### decoder: teacher-forced accuracy")[1].split("###")[0]
+  assert "| none |  | 40.0 (80.0) |" in dec_block  # a missing cell stays empty
+  assert "| **best** | rope: 50.0 | none: 15.0 |" in md.split("### decoder: greedy")[1]
+
+
+def test_collect_with_heatmaps_writes_the_same_bytes_twice_and_anywhere(tmp_path):
+  a = tmp_path / "a" / "atlas"
+  _make_runs(str(a))
+  (a / "collect.json").write_text('{"heatmap": true}\n')
+  assert collect.read_settings(str(a)) == {"heatmap": True}
+  out = a / "report"
+  collect.collect([str(a)], str(out), log=lambda *_: None, heatmap=True)
+  first = {p: (out / p).read_bytes() for p in _files(out)}
+  assert sorted(p for p in first if p.startswith("heatmaps")) == [
+      "heatmaps/decoder_accuracy.png", "heatmaps/decoder_exact_match.png",
+      "heatmaps/encoder_accuracy.png"]
+  assert first["heatmaps/encoder_accuracy.png"][:8] == b"\x89PNG\r\n\x1a\n"
+  assert b"matplotlib" not in first["heatmaps/encoder_accuracy.png"]  # no version stamp
+  md = first["results.md"].decode()
+  assert md.startswith("## Heatmaps") and "## Every run" in md
+  rows = list(csv.DictReader(first["results.csv"].decode().splitlines()))
+  assert {r["path"] for r in rows} >= {"../rope-copy-causalTrue-seed0", "../alibi-bucket_sort-seed1"}
+
+  (out / "heatmaps" / "old_form_accuracy.png").write_bytes(b"stale")
+  collect.collect([str(a)], str(out), log=lambda *_: None, heatmap=True)
+  assert {p: (out / p).read_bytes() for p in _files(out)} == first  # same bytes, stale PNG gone
+
+  b = tmp_path / "elsewhere" / "deeper" / "atlas"  # another checkout, another place
+  shutil.copytree(a, b, ignore=shutil.ignore_patterns("report"))
+  collect.collect([str(b)], str(b / "report"), log=lambda *_: None, heatmap=True)
+  cmp = filecmp.dircmp(out, b / "report")
+  assert not _differences(cmp, out, b / "report")
+
+
+def _files(folder):
+  return sorted(os.path.relpath(os.path.join(d, f), folder).replace(os.sep, "/")
+                for d, _, files in os.walk(folder) for f in files)
+
+
+def _differences(_cmp, left, right):
+  names = _files(left)
+  assert names == _files(right)
+  return [n for n in names if (left / n).read_bytes() != (right / n).read_bytes()]
+
+
+def test_collect_command_reads_the_folders_settings(tmp_path):
+  _make_runs(str(tmp_path))
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  cmd = [os.sys.executable, "-m", "experiments.collect", str(tmp_path)]
+  (tmp_path / "collect.json").write_text('{"heatmap": true}')
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert "| **best** |" in done.stdout and (tmp_path / "report" / "heatmaps").is_dir()
+  off = subprocess.run(cmd + [f"--out={tmp_path / 'plain'}", "--noheatmap"], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=120)
+  assert off.returncode == 0, off.stderr
+  assert not (tmp_path / "plain" / "heatmaps").exists()  # the flag wins over collect.json
+  (tmp_path / "collect.json").write_text('{"heatmaps": true}')
+  bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+  assert bad.returncode == 2 and "unknown setting(s) heatmaps" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- skipping
+
+
+def _point(tmp_path, **narrow):
+  m = _module()
+  config = m.get_config("smoke")
+  config.sweep.schemes, config.sweep.tasks = narrow.get("schemes", "rope"), "parity_check"
+  config.workdir = str(tmp_path)
+  return sweeping.resolve_all(m, config)
+
+
+def _commit(config, config_hash=None):
+  """A committed point as git holds it: results.json (with the hash) and config.json only."""
+  os.makedirs(config.workdir, exist_ok=True)
+  with open(os.path.join(config.workdir, "results.json"), "w") as f:
+    json.dump({"scheme": config.encoding.name, "task": config.task.name, "seed": config.seed,
+               "config_hash": config_hash or train.config_hash(config), "in_range_score": 1.0,
+               "out_of_range_score": 0.5}, f)
+  with open(os.path.join(config.workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f)
+
+
+def test_committed_points_are_finished_without_checkpoints_or_done(tmp_path):
+  resolved = _point(tmp_path)
+  assert len(resolved) == 2  # rope, rope with randomized positions
+  (_, committed_cfg), (_, stale_cfg) = resolved
+  _commit(committed_cfg)
+  _commit(stale_cfg, config_hash="0123456789")  # made with another config
+  assert not os.path.exists(os.path.join(committed_cfg.workdir, "DONE"))
+  assert sweeping.finished(committed_cfg) and not sweeping.finished(stale_cfg)
+  assert store.committed(committed_cfg.workdir, train.config_hash(committed_cfg))
+  assert store.results_hash(stale_cfg.workdir) == "0123456789"
+  for broken in ("{not json", "[1, 2]", '{"config_hash": ""}'):
+    with open(os.path.join(stale_cfg.workdir, "results.json"), "w") as f:
+      f.write(broken)
+    assert store.results_hash(stale_cfg.workdir) is None and not sweeping.finished(stale_cfg)
+  assert store.results_hash(str(tmp_path / "nowhere")) is None
+  # A run's DONE (same hash) still counts where results.json carries no hash.
+  with open(os.path.join(stale_cfg.workdir, "results.json"), "w") as f:
+    json.dump({"scheme": "rope"}, f)
+  with open(os.path.join(stale_cfg.workdir, "DONE"), "w") as f:
+    f.write(train.config_hash(stale_cfg) + "\n")
+  assert sweeping.finished(stale_cfg)
+
+
+def test_sweep_skips_committed_points_and_prunes_finished_ones(tmp_path, capsys):
+  resolved = _point(tmp_path)
+  for _, config in resolved:
+    _commit(config)
+  first, second = (c.workdir for _, c in resolved)
+  for name in ("checkpoints/4", "tensorboard"):
+    os.makedirs(os.path.join(first, name))
+  with open(os.path.join(first, "tensorboard", "events.out"), "w") as f:
+    f.write("x")
+  status = sweeping.run_points(resolved, log=lambda *_: None)  # no training: both committed
+  assert status["ran"] == [] and status["skipped"] == [0, 1] and status["failed"] == []
+  assert os.path.isdir(os.path.join(first, "checkpoints"))  # kept without prune
+  status = sweeping.run_points(resolved, log=lambda *_: None, prune=True)
+  assert status["skipped"] == [0, 1]
+  assert sorted(os.listdir(first)) == ["config.json", "results.json"]
+  assert "skip (finished)" in capsys.readouterr().out
+
+  # An unfinished point keeps its checkpoints: prune never removes what a resume needs.
+  unfinished = tmp_path / "unfinished"
+  os.makedirs(unfinished / "checkpoints" / "2")
+  assert store.prune(str(unfinished), "abc") == []
+  assert (unfinished / "checkpoints" / "2").is_dir()
+
+
+def test_atlas_sweep_config_prunes_and_its_folder_keeps_only_small_files():
+  m = _module()
+  assert m.get_config().sweep.prune_finished and m.get_config().workdir == "experiments/atlas"
+  with open(os.path.join(ATLAS_DIR, "collect.json")) as f:
+    assert json.load(f) == {"heatmap": True}
+  point = "experiments/atlas/rope-parity_check-seed0"
+  kept = [f"{point}/results.json", f"{point}/config.json", f"{point}/DONE",
+          "experiments/atlas/report/results.md", "experiments/atlas/report/results.csv",
+          "experiments/atlas/report/heatmaps/encoder_accuracy.png",
+          "experiments/atlas/report/plots/copy.png", "experiments/atlas/collect.json"]
+  dropped = [f"{point}/checkpoints/300/x", f"{point}/tensorboard/events", f"{point}/metrics.jsonl",
+             f"{point}/plots/accuracy.png", f"{point}/.lock", "experiments/atlas/.jax_cache/k"]
+  out = subprocess.run(["git", "check-ignore", "--no-index", "--verbose", "--non-matching",
+                        *kept, *dropped], cwd=ROOT, capture_output=True, text=True)
+  if out.returncode == 128:
+    pytest.skip(f"git check-ignore unavailable: {out.stderr.strip()}")
+  ignored = {}
+  for line in out.stdout.splitlines():
+    source, path = line.split("\t")
+    pattern = source.split(":", 2)[2] if source.count(":") >= 2 else ""
+    ignored[path] = bool(pattern) and not pattern.startswith("!")
+  assert [p for p in kept if ignored[p]] == []
+  assert [p for p in dropped if not ignored[p]] == []
