@@ -70,6 +70,10 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
   c.train.weight_decay = 0.0
   c.train.grad_clip = 1.0
   c.train.log_every = 100
+  # Training programs: one per bucket of training lengths, each batch padded only to its
+  # bucket (posenc.data.train_buckets); 1: one program padded to the longest length. The
+  # same lengths, examples and rng tree either way (dropout masks follow the padded shape).
+  c.train.num_buckets = 4
 
   c.eval = ml_collections.ConfigDict()
   c.eval.min_length = 1
@@ -124,6 +128,7 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
     c.train.batch_size = 4
     c.train.learning_rate = 1e-3
     c.train.log_every = 2
+    c.train.num_buckets = 1  # one compile: tests stay fast (tests/test_train_buckets.py sets more)
     c.eval.max_length = 10
     c.eval.samples_per_length = 4
     c.eval.batch_size = 4

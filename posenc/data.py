@@ -69,16 +69,25 @@ def layout(task: Task, sample: dict, length, *, causal: bool, padded_length: int
 
 
 def make_batch_fn(task: Task, position_sampler: Callable, *, batch_size: int,
-                  lengths: Sequence[int], padded_length: int, causal: bool) -> Callable:
+                  lengths: Sequence[int], padded_length: int, causal: bool,
+                  sample_max: int | None = None) -> Callable:
   """``f(rng, index) -> batch`` of length ``lengths[index]``, padded to ``padded_length``.
 
   Pure and jittable; ``index`` may be traced. Tasks with a native padded
   sampler give one straight-line program; others get a ``lax.switch`` with a
   branch per length.
+
+  ``sample_max`` (default ``max(lengths)``): the width a native sampler draws at. A
+  training bucket that holds only some of the training lengths passes the longest
+  training length, so that it draws exactly the examples (and positions) that the
+  one program over all lengths draws for the same key and length (see
+  :func:`train_buckets`); the layout then keeps the first ``padded_length`` slots.
   """
   lengths = tuple(int(l) for l in lengths)
   longest = max(lengths)
   assert total_length(task, longest) <= padded_length, (longest, padded_length)
+  sample_max = longest if sample_max is None else int(sample_max)
+  assert sample_max >= longest, (sample_max, longest)
 
   def finish(batch, k_pos, length):
     pos = position_sampler(k_pos, batch_size, total_length(task, length), padded_length)
@@ -94,7 +103,7 @@ def make_batch_fn(task: Task, position_sampler: Callable, *, batch_size: int,
       # would compile a tiny conversion program per bucket.
       length = jnp.asarray(lengths, jnp.int32)[index]
       k_task, k_pos = jax.random.split(rng)
-      sample = task.sample_padded(k_task, batch_size, length, longest)
+      sample = task.sample_padded(k_task, batch_size, length, sample_max)
       batch = lay(sample, length, causal=causal, padded_length=padded_length)
       return finish(batch, k_pos, length)
 
@@ -141,6 +150,56 @@ def buckets(task: Task, lengths: Sequence[int], num_buckets: int,
   for g in groups:
     longest = max(total_length(task, l) for l in g)
     out.append((tuple(g), int(math.ceil(longest / multiple) * multiple)))
+  return out
+
+
+def train_buckets(task: Task, lengths: Sequence[int], num_buckets: int,
+                  multiple: int = 8) -> list[tuple[tuple[int, ...], int]]:
+  """Splits the training lengths (each drawn equally often) into at most ``num_buckets``
+  runs of consecutive lengths with the fewest expected padded tokens per step.
+
+  Returns ``[(lengths_in_bucket, padded_length)]`` like :func:`buckets`, shortest first;
+  a bucket's padded length is its longest sequence rounded up to ``multiple``. Training
+  compiles one step per bucket and pads each batch only to its bucket's length. The
+  geometric split that evaluation uses would spend most buckets on the few shortest
+  lengths; for a uniform draw the expected step cost is what matters, and it is nearly
+  proportional to the padded length (exactly so for the projections and the FFN, which
+  dominate at training lengths), so this minimises ``sum over lengths of padded_length``
+  by dynamic programming over the split points. Buckets that round to one padded
+  length are merged. ``num_buckets = 1``: one bucket, padded to the longest sequence.
+  """
+  lengths = sorted(set(int(l) for l in lengths))
+  if not lengths:
+    return []
+  n = len(lengths)
+  k = max(1, min(int(num_buckets), n))
+  padded = lambda i, j: int(math.ceil(max(total_length(task, l) for l in lengths[i:j]) / multiple)
+                            * multiple)
+  # cost[b][j]: fewest padded tokens covering lengths[:j] with b buckets; cut[b][j]: the start
+  # of the last of them.
+  inf = float("inf")
+  cost = [[inf] * (n + 1) for _ in range(k + 1)]
+  cut = [[0] * (n + 1) for _ in range(k + 1)]
+  cost[0][0] = 0
+  for b in range(1, k + 1):
+    for j in range(1, n + 1):
+      for i in range(b - 1, j):
+        c = cost[b - 1][i] + (j - i) * padded(i, j)
+        if c < cost[b][j]:
+          cost[b][j], cut[b][j] = c, i
+  b = min(range(1, k + 1), key=lambda b: (cost[b][n], b))  # fewest buckets among the best
+  bounds, j = [], n
+  while b:
+    i = cut[b][j]
+    bounds.append((i, j))
+    j, b = i, b - 1
+  out: list[tuple[tuple[int, ...], int]] = []
+  for i, j in reversed(bounds):
+    group, pad = tuple(lengths[i:j]), padded(i, j)
+    if out and out[-1][1] == pad:
+      out[-1] = (out[-1][0] + group, pad)
+    else:
+      out.append((group, pad))
   return out
 
 

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# flax's nn.Dropout with the same masks, drawn by one fused kernel (posenc/dropout.py).
+from posenc.dropout import Dropout
 from posenc.encodings.base import Encoding
 
 _NEG = -1e30
@@ -127,7 +129,7 @@ class Transformer(nn.Module):
     cfg = self.cfg
     act = {"relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu}[cfg.activation]
     h = act(nn.Dense(cfg.d_ff, dtype=self._dtype, name=f"layer{layer}_ff1")(x))
-    h = nn.Dropout(cfg.dropout)(h, deterministic=not train)
+    h = Dropout(cfg.dropout)(h, deterministic=not train)
     return nn.Dense(cfg.d_model, dtype=self._dtype, name=f"layer{layer}_ff2")(h)
 
   @property
@@ -170,7 +172,7 @@ class Transformer(nn.Module):
         extra["valid"] = (valid if decode != "step"
                           else jax.lax.dynamic_slice_in_dim(valid, index, 1, axis=1))
       x_BxLxD = enc.embed(x_BxLxD, positions, **extra)
-    x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=not train)
+    x_BxLxD = Dropout(cfg.dropout)(x_BxLxD, deterministic=not train)
 
     length = tokens.shape[1]
     mask = valid[:, None, None, :]  # keys that exist
@@ -180,7 +182,7 @@ class Transformer(nn.Module):
       mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
     attend = lambda h, layer: self._attention(h, positions, mask, layer, train, decode=decode,
                                               index=index, k_pos=k_pos, valid=valid)
-    drop = lambda h: nn.Dropout(cfg.dropout)(h, deterministic=not train)
+    drop = lambda h: Dropout(cfg.dropout)(h, deterministic=not train)
     for layer in range(cfg.num_layers):
       if hasattr(enc, "layer_input"):
         x_BxLxD = enc.layer_input(x_BxLxD, positions, layer)

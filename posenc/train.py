@@ -36,7 +36,8 @@ from posenc.errors import ConfigError
 from posenc.model import ModelConfig, Transformer
 
 # Fields that may change between a run and its resumption without changing what is trained.
-_RESUMABLE_FIELDS = ("train.steps", "train.log_every", "eval", "checkpoint", "workdir", "seed_loop")
+_RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.num_buckets", "eval", "checkpoint",
+                     "workdir", "seed_loop")
 
 
 class TrainingDiverged(RuntimeError):
@@ -107,6 +108,12 @@ class Setup:
   def train_bound(self) -> int:
     return positions_lib.bound(self.config.positions, self.train_padded, train=True)
 
+  def train_buckets(self) -> list[tuple[tuple[int, ...], int]]:
+    """``[(lengths, padded_length)]``: the training programs, one per bucket of training
+    lengths (``config.train.num_buckets``; ``data.train_buckets``), shortest first."""
+    return data_lib.train_buckets(self.task, self.train_lengths,
+                                  self.config.train.get("num_buckets", 1), multiple=1)
+
   def train_positions(self) -> int:
     """Every real training token's position is below this (``Dims.train_positions``);
     unlike ``train_bound`` it leaves out the padding of the training program."""
@@ -120,7 +127,7 @@ class Setup:
 
 # Settings that change how a run computes, never what: left out of the hash, so runs made
 # before they existed keep their workdir names and DONE markers (sweeps do not redo them).
-_HASH_EXCLUDED = (("eval", "micro_batch"),)
+_HASH_EXCLUDED = (("eval", "micro_batch"), ("train", "num_buckets"))
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
@@ -214,6 +221,10 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                       f"{t.train_min_length} exceeds train_max_length={t.train_max_length}; "
                       "lower it or raise config.task.train_max_length")
   _check_micro_batch(config)
+  buckets_n = config.train.get("num_buckets", 1)
+  if not isinstance(buckets_n, int) or isinstance(buckets_n, bool) or buckets_n < 1:
+    raise ConfigError("config.train.num_buckets", f"must be a positive integer (1: one training "
+                      f"program padded to the longest length), got {buckets_n!r}")
   if config.eval.min_length > config.eval.max_length:
     raise ConfigError("config.eval.min_length",
                       f"{config.eval.min_length} exceeds eval.max_length={config.eval.max_length}; "
@@ -441,23 +452,94 @@ def diagnostics(variables: dict) -> dict:
   return {str(path[-1].key): value for path, value in flat}
 
 
-def make_train_step(s: Setup) -> Callable:
-  """``step(state, key) -> (state, metrics)``: sample, forward, backward, update; not yet jitted."""
+def step_keys(key: jax.Array, step) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The keys of training step ``step`` (0-based): length, data (examples and positions),
+  dropout. Also what :func:`length_schedule` evaluates on the host."""
+  k_len, k_data, k_drop = jax.random.split(jax.random.fold_in(key, step), 3)
+  return k_len, k_data, k_drop
+
+
+def length_index(k_len: jax.Array, num_lengths: int) -> jax.Array:
+  """Which training length a step draws (uniform over ``setup.train_lengths``)."""
+  return jax.random.randint(k_len, (), 0, num_lengths)
+
+
+_SCHEDULE_CHUNK = 1 << 14
+
+
+def length_schedule(key, start: int, stop: int, num_lengths: int) -> np.ndarray:
+  """int32 ``[stop - start]`` (``[stop - start, S]`` for a key per seed ``[S, 2]``): the index
+  into ``setup.train_lengths`` that steps ``start..stop-1`` draw, computed on the host CPU
+  from the run's training key: exactly the draw the one-program step makes on its device
+  (the same :func:`step_keys` and :func:`length_index`, in integer arithmetic), so the
+  training loop picks each step's bucket program without waiting for the device."""
+  cpu = jax.devices("cpu")[0]
+  key = jax.device_put(np.asarray(jax.device_get(key)), cpu)
+  per_seed = key.ndim > 1
+
+  @jax.jit
+  def chunk(key, first):
+    steps = first + jnp.arange(_SCHEDULE_CHUNK, dtype=jnp.int32)
+    one = lambda k: jax.vmap(lambda t: length_index(step_keys(k, t)[0], num_lengths))(steps)
+    return jax.vmap(one, out_axes=1)(key) if per_seed else one(key)
+
+  out = []
+  for first in range(start, stop, _SCHEDULE_CHUNK):
+    got = chunk(key, jax.device_put(np.int32(first), cpu))
+    out.append(np.asarray(got)[:stop - first])
+  shape = (0, key.shape[0]) if per_seed else (0,)
+  return np.concatenate(out).astype(np.int32) if out else np.zeros(shape, np.int32)
+
+
+def compile_programs(lowered: list) -> list:
+  """Compiles lowered programs (``jax.stages.Lowered``) side by side, one thread per core:
+  XLA compiles outside the GIL, and each program's compilation is mostly single-threaded.
+  A ``jax.jit`` function whose lowering was compiled here finds it in its cache."""
+  if len(lowered) <= 1:
+    return [l.compile() for l in lowered]
+  import concurrent.futures  # noqa: PLC0415
+  workers = min(len(lowered), parallel.available_cores())
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    return list(pool.map(lambda l: l.compile(), lowered))
+
+
+def make_train_step(s: Setup, bucket: int | None = None) -> Callable:
+  """A training step, not yet jitted: sample, forward, backward, update.
+
+  ``bucket=None``: ``step(state, key) -> (state, metrics)``, the one program of
+  ``num_buckets = 1``: it draws the step's length on the device and pads to the longest
+  training length. ``bucket=b`` (an index into ``s.train_buckets()``):
+  ``step(state, key, index) -> (state, metrics)`` pads to bucket ``b``'s length, and
+  ``index`` (into ``s.train_lengths``; a length of bucket ``b``, or of an earlier bucket
+  when seeds share the program) is the draw the one program would make, which the host
+  knows ahead (:func:`length_schedule`). Examples, positions and the rest of the rng tree
+  are the one program's for the same step and length.
+  """
   model = s.model(s.train_bound())
   tx = make_optimizer(s.config)
-  batch_fn = data_lib.make_batch_fn(
-      s.task, positions_lib.make(s.config.positions, train=True),
-      batch_size=s.config.train.batch_size, lengths=s.train_lengths,
-      padded_length=s.train_padded, causal=s.causal)
+  sampler = positions_lib.make(s.config.positions, train=True)
   n = len(s.train_lengths)
+  if bucket is None:
+    lo, lengths, padded = 0, s.train_lengths, s.train_padded
+  else:
+    plan = s.train_buckets()
+    first = s.train_lengths.index(plan[bucket][0][0])
+    hi = first + len(plan[bucket][0])
+    # Seeds share one program, and another seed's length may come from an earlier bucket.
+    lo = 0 if s.config.num_seeds > 1 else first
+    lengths, padded = s.train_lengths[lo:hi], plan[bucket][1]
+  batch_fn = data_lib.make_batch_fn(
+      s.task, sampler, batch_size=s.config.train.batch_size, lengths=lengths,
+      padded_length=padded, causal=s.causal, sample_max=max(s.train_lengths))
 
   mesh = data_mesh(s.config)
   batch_size = s.config.train.batch_size
 
-  def step_fn(state, key):
-    rng = jax.random.fold_in(key, state["step"])
-    k_len, k_data, k_drop = jax.random.split(rng, 3)
-    batch = batch_fn(k_data, jax.random.randint(k_len, (), 0, n))
+  def step_fn(state, key, index=None):
+    k_len, k_data, k_drop = step_keys(key, state["step"])
+    if index is None:
+      index = length_index(k_len, n)
+    batch = batch_fn(k_data, index - lo)
     batch = parallel.shard_batch(batch, mesh, batch_size)  # data parallel over all devices
 
     def loss_fn(params):
@@ -477,6 +559,8 @@ def make_train_step(s: Setup) -> Callable:
            "step": state["step"] + 1}
     return new, metrics
 
+  if bucket is None:
+    return lambda state, key: step_fn(state, key)
   return step_fn
 
 
@@ -893,8 +977,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
   if mesh.size > 1:  # parameters and optimizer state replicated; the batch is split in the step
     state = jax.device_put(state, parallel.replicated(mesh))
   rep = parallel.replicated(mesh)
-  step_fn = jax.jit(seeded(make_train_step(s), S, seed_loop(config)), donate_argnums=0,
-                    out_shardings=(rep, rep) if mesh.size > 1 else None)
+  jit_step = lambda fn: jax.jit(seeded(fn, S, seed_loop(config)), donate_argnums=0,
+                                out_shardings=(rep, rep) if mesh.size > 1 else None)
+  plan = s.train_buckets()
+  if len(plan) == 1:  # one program; it draws each step's length itself
+    step_fn = jit_step(make_train_step(s))
+    bucket_fns = {}
+  else:  # a program per bucket of lengths, picked by the host from the length schedule
+    schedule = length_schedule(keys["train"], start, total, len(s.train_lengths))
+    bucket_of = np.repeat(np.arange(len(plan)), [len(g) for g, _ in plan])[schedule]
+    step_bucket = bucket_of if S == 1 else bucket_of.max(axis=1, initial=0)
+    bucket_fns = {int(b): jit_step(make_train_step(s, int(b))) for b in np.unique(step_bucket)}
+    step_fn = lambda state, key: bucket_fns[step_bucket[step - start]](
+        state, key, schedule[step - start])
   if jax.process_count() > 1:
     log(f"data parallel: {jax.process_count()} processes, {jax.device_count()} devices in one mesh")
   elif mesh.size > 1:
@@ -923,6 +1018,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
   kept = lambda: (f"the last good checkpoint (step {last_good}) is kept" if last_good
                   else "no checkpoint had been written yet")
   try:
+    if bucket_fns:  # every program the run will use is compiled before the first step
+      compile_programs([fn.lower(state, keys["train"], schedule[0]) for fn in bucket_fns.values()])
     while step < total:
       dispatched = step + 1
       state, metrics = step_fn(state, keys["train"])
@@ -932,7 +1029,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - t_start
         progress.started(step)
-        log(f"compiled the training step in {compile_s:.1f}s")
+        if bucket_fns:
+          pads = ", ".join(str(plan[b][1]) for b in bucket_fns)
+          log(f"compiled {len(bucket_fns)} training programs (one per bucket of lengths, "
+              f"padded to {pads}) in {compile_s:.1f}s")
+        else:
+          log(f"compiled the training step in {compile_s:.1f}s")
       save_now = step % config.checkpoint.every_steps == 0 or step == total
       if step % config.train.log_every == 0 or save_now:
         stacked = jax.device_get(jax.tree_util.tree_map(lambda *x: jnp.stack(x), *pending))
