@@ -301,3 +301,124 @@ def test_reevaluate_trained_run_at_8x_with_yarn(trained, tmp_path):
   plain = _reevaluate(path, tmp_path, "none")
   for length in range(1, 7):
     assert yarn["per_length"][str(length)] == pytest.approx(plain["per_length"][str(length)], abs=1e-6)
+
+
+# ----------------------------------------------------------------- llama3 and longrope (HF names)
+
+def _hf_llama3(dim, base, factor, low_freq_factor, high_freq_factor, old_context_len):
+  """HF ``_compute_llama3_parameters`` restated in NumPy (float32, as torch computes it)."""
+  inv_freq = (1.0 / base ** (np.arange(0, dim, 2).astype(np.float32) / dim)).astype(np.float32)
+  low_freq_wavelen, high_freq_wavelen = old_context_len / low_freq_factor, old_context_len / high_freq_factor
+  wavelen = (2 * math.pi / inv_freq).astype(np.float32)
+  inv_freq_llama = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+  smooth_factor = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+  smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
+  is_medium_freq = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+  return np.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
+
+
+def test_llama3_reference_numbers():
+  # Llama 3.1: rope_theta 500000, head 128, factor 8, low 1, high 4, original 8192.
+  got = rope.llama3_frequencies(128, 8.0, base=500000.0, original_length=8192,
+                                low_freq_factor=1.0, high_freq_factor=4.0)
+  np.testing.assert_allclose(got, _hf_llama3(128, 500000.0, 8.0, 1.0, 4.0, 8192), rtol=1e-6)
+  # Pairs 0..28 keep θ (wavelength < 2048), 29..34 are smoothed, 35..63 get θ/8 (> 8192).
+  for m, value in [(0, 1.0), (20, 0.016560440883040428), (29, 0.0021665706299245358),
+                   # pair 32: θ = 500000^(−1/2), λ = 4442.88, γ = (8192/λ − 1)/3 = 0.28128,
+                   # θ·(γ + (1 − γ)/8) = 0.000524846
+                   (32, 0.0005248460220173001), (35, 9.556212171446532e-05),
+                   (63, 3.068925877869333e-07)]:
+    assert float(got[m]) == pytest.approx(value, rel=1e-6)
+  # The smoke-sized head (d = 16, L = 32, s = 4) and other low/high factors.
+  for low, high in [(1.0, 4.0), (2.0, 8.0)]:
+    np.testing.assert_allclose(
+        rope.llama3_frequencies(16, 4.0, original_length=32, low_freq_factor=low, high_freq_factor=high),
+        _hf_llama3(16, 10000.0, 4.0, low, high, 32), rtol=1e-6)
+  # s = 1 is the identity; a traced s per sequence gives one row each.
+  np.testing.assert_allclose(rope.llama3_frequencies(16, 1.0, original_length=32),
+                             rope.frequencies(16), rtol=1e-6)
+  rows = rope.llama3_frequencies(16, jnp.array([1.0, 4.0]), original_length=32)
+  np.testing.assert_allclose(rows[1], _hf_llama3(16, 10000.0, 4.0, 1.0, 4.0, 32), rtol=1e-6)
+  theta, attn = rope.scaled_frequencies(16, scaling="llama3", factor=4.0, original_length=32)
+  assert attn == 1.0
+  np.testing.assert_allclose(theta, rows[1], rtol=1e-7)
+
+
+def test_longrope_reference_numbers():
+  # HF _compute_longrope_parameters: inv_freq = 1 / (ext_factors · base^(2m/d)), and the
+  # attention factor sqrt(1 + ln(factor) / ln(original_max_position_embeddings)).
+  ext = [1.0, 1.5, 4.0, 10.0]
+  np.testing.assert_allclose(rope.longrope_frequencies(8, jnp.array(ext)),
+                             [1 / (e * 10000.0 ** (2 * m / 8)) for m, e in enumerate(ext)], rtol=1e-6)
+  # Phi-3-mini-128k: 131072 / 4096 = 32, ln 32 / ln 4096 = 5/12.
+  assert rope.longrope_attention_factor(32.0, 4096) == pytest.approx(math.sqrt(17 / 12))
+  assert rope.longrope_attention_factor(32.0, 4096) == pytest.approx(1.1902380714238083)
+  assert rope.longrope_attention_factor(1.0, 4096) == 1.0
+  np.testing.assert_allclose(rope.longrope_attention_factor(jnp.array([0.5, 32.0]), 4096),
+                             [1.0, math.sqrt(17 / 12)], rtol=1e-6)
+
+
+def test_llama3_scales_only_beyond_the_training_length():
+  x = _rand((1, 96, 2, 16))
+  plain = lambda n: _project_q(rope.Encoding(dims=_dims(96)), x, n)
+  enc = rope.Encoding(dims=_dims(96), scaling="llama3")
+  np.testing.assert_array_equal(_project_q(enc, x, 12), plain(12))
+  want = rope.rotate(x[:, :96, 0], jnp.arange(96)[None],  # s = 96 / 12, L = 12
+                     inv_freq=rope.llama3_frequencies(16, 8.0, original_length=12))
+  np.testing.assert_allclose(_project_q(enc, x, 96)[:, :, 0], want, atol=1e-5)
+  enc = rope.Encoding(dims=_dims(96), scaling="llama3", factor=2.0, low_freq_factor=2.0,
+                      high_freq_factor=3.0)
+  want = rope.rotate(x[:, :96, 0], jnp.arange(96)[None], inv_freq=rope.llama3_frequencies(
+      16, 2.0, original_length=12, low_freq_factor=2.0, high_freq_factor=3.0))
+  np.testing.assert_allclose(_project_q(enc, x, 96)[:, :, 0], want, atol=1e-5)
+
+
+def test_longrope_short_within_long_beyond_per_sequence():
+  """Rows of 9 and 18 tokens (L = 12) in one padded batch: θ/short_factor with scale 1, and
+  θ/long_factor with sqrt(1 + ln(18/12)/ln 12); an explicit attention_factor scales both."""
+  short, long = (1.0, 1.25, 1.5, 2.0, 1.0, 1.0, 1.0, 1.0), (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 8.0, 8.0)
+  x = _rand((2, 24, 2, 16))
+  pos = jnp.arange(24)[None]
+  valid = jnp.arange(24)[None] < jnp.array([[9], [18]])
+  for attention_factor in (0.0, 1.5):
+    enc = rope.Encoding(dims=_dims(24), scaling="longrope", short_factor=short, long_factor=long,
+                        attention_factor=attention_factor)
+    q = enc.project(x, x, x, pos, pos, 0, context=pos, valid=valid)[0]
+    scales = ((attention_factor,) * 2 if attention_factor
+              else (1.0, math.sqrt(1 + math.log(1.5) / math.log(12))))
+    for row, (n, ext, scale) in enumerate([(9, short, scales[0]), (18, long, scales[1])]):
+      want = rope.rotate(x[row, :n, 0], pos[0, :n], scale=scale,
+                         inv_freq=rope.longrope_frequencies(16, jnp.array(ext)))
+      np.testing.assert_allclose(q[row, :n, 0], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"scaling": "llama3", "low_freq_factor": 4.0, "high_freq_factor": 4.0},
+     "config.encoding.high_freq_factor"),
+    ({"scaling": "longrope"}, "config.encoding.long_factor"),
+    ({"scaling": "longrope", "long_factor": (1.0, 2.0)}, "config.encoding.long_factor"),
+    ({"scaling": "longrope", "long_factor": (1.0,) * 8, "short_factor": (1.0,) * 7 + (0.0,)},
+     "config.encoding.short_factor"),
+    ({"scaling": "yarn", "attention_factor": -1.0}, "config.encoding.attention_factor")])
+def test_llama3_longrope_bad_options_are_config_errors(kwargs, field):
+  with pytest.raises(ConfigError) as e:
+    rope.Encoding(dims=_dims(max_position=16), **kwargs).check(16)
+  assert e.value.field == field
+
+
+def test_llama3_decoding_scales_every_step_by_the_sequence_length():
+  test_decoding_scales_every_step_by_the_sequence_length("llama3")
+
+
+def test_longrope_smoke_run(tmp_path):
+  results = helpers.run_smoke(tmp_path, "rope", **{"model.causal": True, "encoding.scaling": "longrope",
+                                                  "encoding.long_factor": (1.0, 2.0, 4.0, 8.0)})
+  helpers.check_smoke_results(results)
+
+
+def test_attention_factor_overrides_yarns_scale_beyond_the_training_length():
+  x = _rand((1, 96, 2, 16))
+  enc = rope.Encoding(dims=_dims(96), scaling="yarn", attention_factor=1.3)
+  q = _project_q(enc, x, 96)
+  np.testing.assert_allclose(jnp.linalg.norm(q, axis=-1), 1.3 * jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+  np.testing.assert_array_equal(_project_q(enc, x, 12), _project_q(rope.Encoding(dims=_dims(96)), x, 12))

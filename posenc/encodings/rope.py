@@ -9,9 +9,19 @@ Public math:
   GPT-NeoX and Llama do (checkpoints differ by that permutation). A pair
   ``(a, b)`` becomes ``(a·cos − b·sin, a·sin + b·cos)``.
 * :func:`scaled_frequencies` — the static context-extension rules
-  (``linear``, ``ntk``, ``yarn``) and :func:`dynamic_ntk_frequencies`, with the
+  (``linear``, ``ntk``, ``yarn``, ``llama3``) and :func:`dynamic_ntk_frequencies`, with the
   formulas of HF ``transformers`` (``modeling_rope_utils``) and of the YaRN
-  authors' code (``jquesnelle/yarn``, ``scaled_rope/LlamaYaRNScaledRotaryEmbedding.py``).
+  authors' code (``jquesnelle/yarn``, ``scaled_rope/LlamaYaRNScaledRotaryEmbedding.py``);
+  :func:`llama3_frequencies` (Llama 3.1) and :func:`longrope_frequencies` with
+  :func:`longrope_attention_factor` (LongRoPE / Phi-3), as HF's
+  ``_compute_llama3_parameters`` and ``_compute_longrope_parameters``.
+
+HF's ``rope_scaling`` vocabulary maps onto ``encoding.*`` with the same parameter names:
+``rope_type`` → ``scaling`` (HF ``"dynamic"`` is ``dynamic_ntk`` here; ``ntk`` is the static
+NTK-aware base), ``factor``, ``beta_fast``/``beta_slow`` (yarn), ``low_freq_factor``/
+``high_freq_factor`` (llama3), ``short_factor``/``long_factor``/``attention_factor``
+(longrope; ``attention_factor`` also overrides yarn's), ``rope_theta`` → ``base``; HF's
+``original_max_position_embeddings`` is ``original_length`` (``L`` below).
 
 Properties (tested): ``rotate(q, a)·rotate(k, b)`` depends only on ``a − b``;
 norms are preserved; the two pairings agree up to a channel permutation.
@@ -33,6 +43,14 @@ the longest training sequence: input plus answer) and ``L'`` the sequence's leng
   ``s = encoding.factor`` or, when that is 0, ``s = L'/L``; so every sequence of an
   evaluation gets its own ``s`` (reverse_string trained on inputs up to 16, ``L = 32``: an
   input of 23 is ``L' = 46`` tokens with its answer, ``s = 46/32 ≈ 1.44``).
+* ``llama3`` rescales a sequence with ``L' > L`` like ``linear`` but per pair, by its
+  wavelength ``λ_m = 2π/θ_m``: pairs with ``λ < L/high_freq_factor`` keep ``θ``, pairs with
+  ``λ > L/low_freq_factor`` get ``θ/s``, those in between a smooth mix (same ``s``).
+* ``longrope`` (as HF) rotates every sequence by ``θ_m/short_factor[m]`` if ``L' ≤ L`` and
+  by ``θ_m/long_factor[m]`` if ``L' > L``, and scales cos and sin by ``attention_factor``
+  (0: ``sqrt(1 + ln s/ln L)``, 1 where ``s ≤ 1``, ``s = factor`` or, when that is 0,
+  ``L'/L``): so, unlike the other rules, a non-trivial ``short_factor`` (or an explicit
+  ``attention_factor``/``factor``) also applies in training, as it does in HF.
 * ``dynamic_ntk`` uses HF's rule with the sequence's length as the current length:
   ``base' = base·(α·L'/L − (α − 1))^{d/(d−2)}``, ``α = encoding.factor`` (0 → 1, which is
   plain NTK with ``s = L'/L``). In greedy decoding (``posenc.decoding``) the current length
@@ -57,7 +75,7 @@ import numpy as np
 from posenc.encodings.base import Encoding as _Base
 from posenc.errors import ConfigError
 
-SCALINGS = ("none", "linear", "ntk", "dynamic_ntk", "yarn")
+SCALINGS = ("none", "linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope")
 PAIRINGS = ("interleaved", "half")
 
 
@@ -99,7 +117,8 @@ def yarn_correction_range(dim: int, base: float, original_length: int, beta_fast
 
 def extended_frequencies(dim: int, factor, *, base: float = 10000.0, scaling: str = "none",
                          original_length: int = 0, beta_fast: float = 32.0,
-                         beta_slow: float = 1.0) -> tuple[jax.Array, jax.Array]:
+                         beta_slow: float = 1.0, low_freq_factor: float = 1.0,
+                         high_freq_factor: float = 4.0) -> tuple[jax.Array, jax.Array]:
   """Frequencies ``[*S, dim/2]`` and cos/sin scales ``[*S]`` (float32) of a static rule.
 
   ``factor`` is ``s`` (``≥ 1``), of any shape ``S`` and possibly traced (one ``s`` per
@@ -108,9 +127,10 @@ def extended_frequencies(dim: int, factor, *, base: float = 10000.0, scaling: st
   exact at ``s = 1``.
   """
   _check_dim(dim)
-  if scaling not in SCALINGS or scaling == "dynamic_ntk":
-    raise ValueError(f"static scaling must be one of none, linear, ntk, yarn; got {scaling!r} "
-                     "(dynamic_ntk: use dynamic_ntk_frequencies)")
+  if scaling not in SCALINGS or scaling in ("dynamic_ntk", "longrope"):
+    raise ValueError(f"static scaling must be one of none, linear, ntk, yarn, llama3; got "
+                     f"{scaling!r} (dynamic_ntk: use dynamic_ntk_frequencies; longrope: "
+                     "longrope_frequencies)")
   theta = jnp.asarray(_np_frequencies(dim, base), jnp.float32)
   s = jnp.asarray(factor, jnp.float32)
   ones = jnp.ones(s.shape, jnp.float32)
@@ -121,7 +141,11 @@ def extended_frequencies(dim: int, factor, *, base: float = 10000.0, scaling: st
   if scaling == "ntk":
     return _ntk(theta, s, dim), ones
   if original_length <= 0:
-    raise ValueError("yarn needs the original (training) length")
+    raise ValueError(f"{scaling} needs the original (training) length")
+  if scaling == "llama3":
+    return llama3_frequencies(dim, s, base=base, original_length=original_length,
+                              low_freq_factor=low_freq_factor,
+                              high_freq_factor=high_freq_factor), ones
   low, high = yarn_correction_range(dim, base, original_length, beta_fast, beta_slow)
   if low == high:
     high += 0.001  # as the reference code: avoid a zero-width ramp
@@ -139,7 +163,8 @@ def _ntk(theta: jax.Array, s: jax.Array, dim: int) -> jax.Array:
 
 def scaled_frequencies(dim: int, *, base: float = 10000.0, scaling: str = "none", factor: float = 1.0,
                        original_length: int = 0, beta_fast: float = 32.0,
-                       beta_slow: float = 1.0) -> tuple[jax.Array, float]:
+                       beta_slow: float = 1.0, low_freq_factor: float = 1.0,
+                       high_freq_factor: float = 4.0) -> tuple[jax.Array, float]:
   """Frequencies ``[dim/2]`` (float32) and the cos/sin scale of a static extension rule.
 
   * ``none``: ``θ``, scale 1.
@@ -150,13 +175,15 @@ def scaled_frequencies(dim: int, *, base: float = 10000.0, scaling: str = "none"
     with ``ramp_m = clip((m − low)/(high − low), 0, 1)`` over
     :func:`yarn_correction_range` (fast pairs keep θ, slow pairs get θ/s), and
     scale :func:`yarn_attention_factor`.
+  * ``llama3`` (Llama 3.1): :func:`llama3_frequencies`, scale 1.
 
   ``factor`` is one ``s`` (a number; :func:`extended_frequencies` takes one per sequence);
-  ``original_length`` is ``L`` (used by ``yarn`` only).
+  ``original_length`` is ``L`` (used by ``yarn`` and ``llama3``).
   """
   theta, _ = extended_frequencies(dim, float(factor), base=base, scaling=scaling,
                                   original_length=original_length, beta_fast=beta_fast,
-                                  beta_slow=beta_slow)
+                                  beta_slow=beta_slow, low_freq_factor=low_freq_factor,
+                                  high_freq_factor=high_freq_factor)
   return theta, (yarn_attention_factor(float(factor)) if scaling == "yarn" else 1.0)
 
 
@@ -172,6 +199,56 @@ def dynamic_ntk_frequencies(dim: int, length: jax.Array, *, base: float = 10000.
   cur = jnp.asarray(length, jnp.float32)
   s = jnp.where(cur > original_length, factor * cur / original_length - (factor - 1.0), 1.0)
   return _ntk(jnp.asarray(_np_frequencies(dim, base), jnp.float32), s, dim)
+
+
+def llama3_frequencies(dim: int, factor, *, base: float = 10000.0, original_length: int,
+                       low_freq_factor: float = 1.0, high_freq_factor: float = 4.0) -> jax.Array:
+  """Llama 3.1's per-pair rule (HF ``_compute_llama3_parameters``; Meta's ``apply_scaling``).
+
+  With ``λ_m = 2π/θ_m``, ``L = original_length`` (HF ``original_max_position_embeddings``,
+  8192 for Llama 3.1) and ``s = factor`` (8 there): ``θ_m`` where ``λ_m < L/high_freq_factor``
+  (4), ``θ_m/s`` where ``λ_m > L/low_freq_factor`` (1), otherwise
+  ``(1 − γ_m)·θ_m/s + γ_m·θ_m`` with ``γ_m = (L/λ_m − low_freq_factor)/(high_freq_factor −
+  low_freq_factor)``. ``factor`` may be traced, of any shape ``S``; returns ``[*S, dim/2]``
+  float32 (exactly ``θ`` at ``s = 1`` up to rounding). Needs ``high_freq_factor >
+  low_freq_factor > 0``.
+  """
+  _check_dim(dim)
+  if not high_freq_factor > low_freq_factor > 0:
+    raise ValueError(f"llama3 needs high_freq_factor > low_freq_factor > 0, got "
+                     f"{high_freq_factor} and {low_freq_factor}")
+  theta = _np_frequencies(dim, base)
+  wavelength = 2 * math.pi / theta
+  gamma = (original_length / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+  # The weight of θ against θ/s: 1 for the fast pairs, 0 for the slow ones, γ between.
+  keep = np.where(wavelength < original_length / high_freq_factor, 1.0,
+                  np.where(wavelength > original_length / low_freq_factor, 0.0, gamma))
+  s = jnp.asarray(factor, jnp.float32)[..., None]
+  keep, theta = jnp.asarray(keep, jnp.float32), jnp.asarray(theta, jnp.float32)
+  return keep * theta + (1.0 - keep) * theta / s
+
+
+def longrope_frequencies(dim: int, ext_factors, *, base: float = 10000.0) -> jax.Array:
+  """LongRoPE (Ding et al. 2024; HF ``_compute_longrope_parameters``): ``θ_m / ext_m``.
+
+  ``ext_factors [..., dim/2]``: HF's ``short_factor`` (sequences within the original
+  length) or ``long_factor`` (beyond it), one rescale factor per pair. Returns float32
+  ``[..., dim/2]``.
+  """
+  _check_dim(dim)
+  theta = jnp.asarray(_np_frequencies(dim, base), jnp.float32)
+  return theta / jnp.asarray(ext_factors, jnp.float32)
+
+
+def longrope_attention_factor(factor, original_length: int):
+  """LongRoPE's cos/sin scale: ``sqrt(1 + ln s / ln L)``, 1 where ``s ≤ 1`` (HF's default when
+  ``attention_factor`` is unset; ``s = factor``, ``L = original_max_position_embeddings``).
+  ``factor`` may be an array (float32 result) or a number (float result)."""
+  if isinstance(factor, (int, float)):
+    return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original_length))
+  s = jnp.asarray(factor, jnp.float32)
+  return jnp.where(s > 1, jnp.sqrt(1 + jnp.log(jnp.maximum(s, 1.0)) / math.log(original_length)),
+                   1.0)
 
 
 def rotate_pairs(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str) -> jax.Array:
@@ -218,6 +295,11 @@ class Encoding(_Base):
   original_length: int = 0          # L; 0: dims.train_length
   beta_fast: float = 32.0           # YaRN ramp bounds (rotations within L)
   beta_slow: float = 1.0
+  low_freq_factor: float = 1.0      # llama3: pairs with wavelength > L/low_freq_factor get θ/s
+  high_freq_factor: float = 4.0     # llama3: pairs with wavelength < L/high_freq_factor keep θ
+  short_factor: tuple = ()          # longrope: θ_m/short_factor[m] within L (() = all 1)
+  long_factor: tuple = ()           # longrope: θ_m/long_factor[m] beyond L (d_h/2 numbers)
+  attention_factor: float = 0.0     # longrope and yarn: cos/sin scale; 0: the rule's default
 
   def check(self, max_position):
     if self.pairing not in PAIRINGS:
@@ -244,13 +326,33 @@ class Encoding(_Base):
                         f"YaRN needs beta_fast > beta_slow > 0, got {self.beta_fast} and {self.beta_slow}")
     if self.scaling == "ntk" and self.dims.head_dim <= 2:
       raise ConfigError("config.model.num_heads", "ntk scaling needs a head width above 2")
+    if self.scaling == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
+      raise ConfigError("config.encoding.high_freq_factor",
+                        f"llama3 needs high_freq_factor > low_freq_factor > 0, got "
+                        f"{self.high_freq_factor} and {self.low_freq_factor} (HF's defaults: 4 and 1)")
+    if self.attention_factor < 0:
+      raise ConfigError("config.encoding.attention_factor",
+                        f"must be >= 0 (0: the rule's own default), got {self.attention_factor}")
+    if self.scaling == "longrope":
+      half = self.dims.head_dim // 2
+      for name, values, required in (("long_factor", self.long_factor, True),
+                                     ("short_factor", self.short_factor, False)):
+        values = tuple(values)
+        if not values and not required:
+          continue
+        if len(values) != half or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+          raise ConfigError(f"config.encoding.{name}",
+                            f"longrope needs {half} positive numbers (one per rotary pair, d_h/2), "
+                            f"got {values!r}; e.g. --config.encoding.{name}=\"{(1.0,) * half}\"")
 
   def _original_length(self) -> int:
     return self.original_length or self.dims.train_length
 
   def sequence_frequencies(self, length) -> tuple[jax.Array, jax.Array]:
     """Frequencies ``[*S, Dh/2]`` and cos/sin scales ``[*S]`` of sequences of length ``length``
-    (``L'``, any shape ``S``, may be traced): exactly ``θ`` and 1 where ``L' ≤ L``."""
+    (``L'``, any shape ``S``, may be traced): exactly ``θ`` and 1 where ``L' ≤ L``, except
+    under ``longrope`` (``θ/short_factor`` and its attention factor, as in training)."""
     d, L = self.dims.head_dim, self._original_length()
     length = jnp.asarray(length, jnp.float32)
     theta = jnp.broadcast_to(frequencies(d, self.base), (*length.shape, d // 2))
@@ -258,6 +360,13 @@ class Encoding(_Base):
     if self.scaling == "none":
       return theta, ones
     beyond = length > L
+    if self.scaling == "longrope":
+      factors = lambda values: jnp.asarray(tuple(values) or (1.0,) * (d // 2), jnp.float32)
+      ext = jnp.where(beyond[..., None], factors(self.long_factor), factors(self.short_factor))
+      s = self.factor or jnp.maximum(length / L, 1.0)
+      scale = (self.attention_factor * ones if self.attention_factor
+               else longrope_attention_factor(s * ones, L))
+      return longrope_frequencies(d, ext, base=self.base), scale
     if self.scaling == "dynamic_ntk":
       scaled = dynamic_ntk_frequencies(d, length, base=self.base, original_length=L,
                                        factor=self.factor or 1.0)
@@ -266,7 +375,11 @@ class Encoding(_Base):
       s = jnp.where(beyond, self.factor or length / L, 1.0)
       scaled, scale = extended_frequencies(d, s, base=self.base, scaling=self.scaling,
                                            original_length=L, beta_fast=self.beta_fast,
-                                           beta_slow=self.beta_slow)
+                                           beta_slow=self.beta_slow,
+                                           low_freq_factor=self.low_freq_factor,
+                                           high_freq_factor=self.high_freq_factor)
+      if self.attention_factor and self.scaling == "yarn":
+        scale = self.attention_factor * ones
     return jnp.where(beyond[..., None], scaled, theta), jnp.where(beyond, scale, 1.0)
 
   def static_frequencies(self) -> tuple[jax.Array, jax.Array]:
