@@ -72,7 +72,7 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
   c.train.log_every = 100
   # Training programs: one per bucket of training lengths, each batch padded only to its
   # bucket (posenc.data.train_buckets); 1: one program padded to the longest length. The
-  # same lengths, examples and rng tree either way (dropout masks follow the padded shape).
+  # same lengths, examples, positions and dropout masks either way.
   c.train.num_buckets = 4
 
   c.eval = ml_collections.ConfigDict()

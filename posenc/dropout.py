@@ -48,17 +48,31 @@ def _rotl(x, d: int):
   return (x << np.uint32(d)) | (x >> np.uint32(32 - d))
 
 
-def threefry_bits(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def threefry_bits(key_data: jax.Array, shape: tuple[int, ...],
+                  layout: tuple[int, ...] | None = None) -> jax.Array:
   """uint32 ``shape``: ``jax.random.bits(key, shape)`` of the threefry key whose data
   (``uint32[2]``) is ``key_data``, under ``jax_threefry_partitionable``; unrolled, so XLA
-  fuses it with its consumer. Sizes up to 2**32 elements (the high counter word is 0)."""
-  size = math.prod(shape)
-  if size >= 2 ** 32:
-    raise ValueError(f"threefry_bits: {size} elements; at most 2**32 - 1")
+  fuses it with its consumer. Sizes up to 2**32 elements (the high counter word is 0).
+
+  ``layout`` (at least ``shape`` on every axis): the bits are ``jax.random.bits(key,
+  layout)[:shape[0], :shape[1], ...]``, the leading corner of a larger draw, computed
+  without drawing the rest.
+  """
+  layout = tuple(shape) if layout is None else tuple(layout)
+  if len(layout) != len(shape) or any(s > l for s, l in zip(shape, layout)):
+    raise ValueError(f"threefry_bits: layout {layout} does not contain shape {shape}")
+  if math.prod(layout) >= 2 ** 32:
+    raise ValueError(f"threefry_bits: {math.prod(layout)} elements; at most 2**32 - 1")
   k0, k1 = key_data[0], key_data[1]
   ks = (k0, k1, k0 ^ k1 ^ _PARITY)
   x0 = jnp.broadcast_to(ks[0], shape)  # counter high word 0, plus the first key word
-  x1 = lax.iota(jnp.uint32, size).reshape(shape) + ks[1]
+  if layout == tuple(shape):
+    counter = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  else:  # row-major index in the layout of each element of the corner
+    strides = [math.prod(layout[a + 1:]) for a in range(len(layout))]
+    counter = sum(lax.broadcasted_iota(jnp.uint32, shape, a) * np.uint32(st)
+                  for a, st in enumerate(strides))
+  x1 = counter + ks[1]
   for i in range(5):  # five groups of four rounds, a key injection after each
     for r in _ROTATIONS[i % 2]:
       x0 = x0 + x1
@@ -68,14 +82,17 @@ def threefry_bits(key_data: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return x0 ^ x1
 
 
-def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.Array:
-  """bool ``shape``: exactly ``jax.random.bernoulli(key, keep_prob, shape)`` (float32)."""
+def keep_mask(key: jax.Array, keep_prob: float, shape: tuple[int, ...],
+              layout: tuple[int, ...] | None = None) -> jax.Array:
+  """bool ``shape``: exactly ``jax.random.bernoulli(key, keep_prob, layout)`` (float32) cut
+  to its leading corner ``shape`` (``layout``: default ``shape``)."""
+  layout = tuple(shape) if layout is None else tuple(layout)
   data, fused = _threefry_data(key)
   if not (fused and FUSED):
-    return jax.random.bernoulli(key, keep_prob, shape)
+    return jax.random.bernoulli(key, keep_prob, layout)[tuple(slice(0, n) for n in shape)]
   p = np.float32(keep_prob)
   threshold = math.ceil(float(p) * 2 ** 23)  # exact: p * 2**23 is a float64 without rounding
-  return (threefry_bits(data, shape) >> np.uint32(9)) < np.uint32(threshold)
+  return (threefry_bits(data, shape, layout) >> np.uint32(9)) < np.uint32(threshold)
 
 
 def _threefry_data(key: jax.Array) -> tuple[jax.Array | None, bool]:
@@ -93,11 +110,19 @@ def _threefry_data(key: jax.Array) -> tuple[jax.Array | None, bool]:
 
 class Dropout(nn.Module):
   """``flax.linen.Dropout`` (rate, ``deterministic``, rng collection ``"dropout"``) with the
-  masks of :func:`keep_mask`; same outputs, gradients and module names."""
+  masks of :func:`keep_mask`; same outputs, gradients and module names.
+
+  ``mask_length``: for inputs ``[B, L, ...]`` with ``L <= mask_length``, the mask is the one
+  flax draws for ``[B, mask_length, ...]``, cut to ``L`` rows. The training step sets it to
+  the padded length of the one program over all training lengths, so that a program padded
+  only to its bucket of lengths (``config.train.num_buckets``) drops exactly the elements
+  that one program drops for the same step. 0: the input's own length.
+  """
 
   rate: float
   deterministic: bool | None = None
   rng_collection: str = "dropout"
+  mask_length: int = 0
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool | None = None, rng: jax.Array | None = None):
@@ -109,5 +134,8 @@ class Dropout(nn.Module):
     keep_prob = 1.0 - self.rate
     if rng is None:
       rng = self.make_rng(self.rng_collection)
-    mask = keep_mask(rng, keep_prob, inputs.shape)
+    layout = None
+    if inputs.ndim >= 2 and self.mask_length > inputs.shape[1]:
+      layout = (inputs.shape[0], self.mask_length, *inputs.shape[2:])
+    mask = keep_mask(rng, keep_prob, inputs.shape, layout)
     return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))

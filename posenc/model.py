@@ -54,6 +54,10 @@ class ModelConfig:
   # "auto": jax.nn.dot_product_attention on accelerators, explicit einsums on CPUs;
   # "fused" / "explicit" force one (for schemes without logits/values hooks).
   attention: str = "auto"
+  # Dropout masks of [B, L, ...] activations are the ones of [B, dropout_mask_length, ...]
+  # cut to L rows (posenc.dropout.Dropout), so a training program padded to a shorter
+  # bucket drops what the longest one drops; 0: each input's own length.
+  dropout_mask_length: int = 0
 
 
 class Transformer(nn.Module):
@@ -129,7 +133,7 @@ class Transformer(nn.Module):
     cfg = self.cfg
     act = {"relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu}[cfg.activation]
     h = act(nn.Dense(cfg.d_ff, dtype=self._dtype, name=f"layer{layer}_ff1")(x))
-    h = Dropout(cfg.dropout)(h, deterministic=not train)
+    h = Dropout(cfg.dropout, mask_length=cfg.dropout_mask_length)(h, deterministic=not train)
     return nn.Dense(cfg.d_model, dtype=self._dtype, name=f"layer{layer}_ff2")(h)
 
   @property
@@ -172,7 +176,8 @@ class Transformer(nn.Module):
         extra["valid"] = (valid if decode != "step"
                           else jax.lax.dynamic_slice_in_dim(valid, index, 1, axis=1))
       x_BxLxD = enc.embed(x_BxLxD, positions, **extra)
-    x_BxLxD = Dropout(cfg.dropout)(x_BxLxD, deterministic=not train)
+    x_BxLxD = Dropout(cfg.dropout, mask_length=cfg.dropout_mask_length)(
+        x_BxLxD, deterministic=not train)
 
     length = tokens.shape[1]
     mask = valid[:, None, None, :]  # keys that exist
@@ -182,7 +187,8 @@ class Transformer(nn.Module):
       mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
     attend = lambda h, layer: self._attention(h, positions, mask, layer, train, decode=decode,
                                               index=index, k_pos=k_pos, valid=valid)
-    drop = lambda h: Dropout(cfg.dropout)(h, deterministic=not train)
+    drop = lambda h: Dropout(cfg.dropout, mask_length=cfg.dropout_mask_length)(
+        h, deterministic=not train)
     for layer in range(cfg.num_layers):
       if hasattr(enc, "layer_input"):
         x_BxLxD = enc.layer_input(x_BxLxD, positions, layer)

@@ -252,7 +252,8 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
       vocab_size=data_lib.vocab_size(task), output_vocab_size=task.output_vocab_size,
       d_model=m.d_model, num_heads=m.num_heads, num_layers=m.num_layers, d_ff=m.d_ff,
       dropout=float(m.dropout), pre_ln=bool(m.pre_ln), causal=bool(m.causal),
-      embed_scale=bool(m.embed_scale), activation=m.activation, dtype=m.dtype)
+      embed_scale=bool(m.embed_scale), activation=m.activation, dtype=m.dtype,
+      dropout_mask_length=train_padded)
   h = config_hash(config)
   workdir = config.workdir or os.path.join(
       "runs", f"{config.encoding.name}-{t.name}-{config.preset}-seed{config.seed}-{h}")

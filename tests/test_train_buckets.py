@@ -53,6 +53,18 @@ class _Net(nn.Module):
     return x
 
 
+def test_dropout_mask_length_cuts_the_longer_mask():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 10, 4))
+  key = jax.random.PRNGKey(9)
+  full = dropout.Dropout(0.4, mask_length=16).apply({}, jnp.pad(x, ((0, 0), (0, 6), (0, 0))),
+                                                   deterministic=False, rng=key)
+  cut = dropout.Dropout(0.4, mask_length=16).apply({}, x, deterministic=False, rng=key)
+  np.testing.assert_array_equal(full[:, :10], cut)
+  flax_ = nn.Dropout(0.4).apply({}, jnp.pad(x, ((0, 0), (0, 6), (0, 0))), deterministic=False,
+                                rng=key)
+  np.testing.assert_array_equal(flax_, full)
+
+
 def test_dropout_module_is_flax_dropout_bit_for_bit():
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 5, 16))
   params = _Net(nn.Dropout).init({"params": jax.random.PRNGKey(1)}, x)
@@ -173,12 +185,13 @@ def test_a_bucket_draws_the_examples_and_positions_of_the_one_program():
       assert int(a["length"]) == int(b["length"]) == length
 
 
-def test_bucket_steps_compute_the_one_program_steps():
-  """Same loss, gradients and update as the padded program (no dropout in the smoke preset;
-  with dropout, masks follow the padded shape). The key projection's bias is left out: its
-  gradient is zero up to rounding (softmax ignores a per-query constant), and Adam
-  normalises that rounding noise, which depends on the padding."""
-  c = helpers.config("sinusoidal", **{"train.num_buckets": 3})
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_bucket_steps_compute_the_one_program_steps(rate):
+  """Same loss, gradients and update as the padded program, dropout masks included. The key
+  projection's bias is left out: its gradient is zero up to rounding (softmax ignores a
+  per-query constant), and Adam normalises that rounding noise, which depends on the
+  padding."""
+  c = helpers.config("sinusoidal", **{"train.num_buckets": 3, "model.dropout": rate})
   s = train.setup(c)
   keys = train.root_keys(c.seed)
   state = train.init_state(s, keys["init"])
