@@ -232,10 +232,6 @@ def test_collect_command_reads_the_folders_settings(tmp_path):
   done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
   assert done.returncode == 0, done.stderr
   assert "| **best** |" in done.stdout and (tmp_path / "report" / "heatmaps").is_dir()
-  off = subprocess.run(cmd + [f"--out={tmp_path / 'plain'}", "--noheatmap"], cwd=ROOT,
-                       capture_output=True, text=True, env=env, timeout=120)
-  assert off.returncode == 0, off.stderr
-  assert not (tmp_path / "plain" / "heatmaps").exists()  # the flag wins over collect.json
   (tmp_path / "collect.json").write_text('{"heatmaps": true}')
   bad = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
   assert bad.returncode == 2 and "unknown setting(s) heatmaps" in bad.stderr
