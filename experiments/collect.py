@@ -575,6 +575,10 @@ def _heat_file(h: Heatmap) -> str:
   return f"{h.form}_{h.metric}.png"
 
 
+def _count(n: int, noun: str) -> str:
+  return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
 def _cell_pct(v: float) -> str:
   return "–" if math.isnan(v) else f"{100 * v:.1f}"
 
@@ -593,7 +597,7 @@ def heatmap_markdown(maps: Sequence[Heatmap], folder: str = "heatmaps") -> str:
     seeds = (f"{counts[0]} seed{'s' if counts[0] != 1 else ''} per cell" if len(counts) == 1
              else f"{counts[0]}–{counts[-1]} seeds per cell")
     parts += [f"### {h.form}: {h.title}", "", f"![{h.form} {h.metric}]({folder}/{_heat_file(h)})",
-              "", f"{len(h.rows)} rows × {len(h.tasks)} tasks, {seeds}.", "",
+              "", f"{_count(len(h.rows), 'row')} × {_count(len(h.tasks), 'task')}, {seeds}.", "",
               "| scheme | " + " | ".join(h.tasks) + " |", "|---|" + "---|" * len(h.tasks)]
     for i, row in enumerate(h.rows):
       cells = ["" if math.isnan(h.beyond[i, j]) and math.isnan(h.within[i, j])

@@ -55,7 +55,8 @@ it: load average 8–13, so the CPU seconds below are upper bounds of an idle ma
   hardest task here; Kazemnejad et al. train far longer), randomized rope 0.91 on
   reverse_string.
 * Cost per point (one process pinned to one core, CPU seconds including ~4 s of imports):
-  rope encoder on odds_first 66 s, rope decoder on addition with greedy decoding 71 s.
+  rope encoder on odds_first 66 s, rope decoder on addition with greedy decoding 71 s,
+  FLOATER (the slowest to compile) decoder on addition 95 s.
   Compiling is a large share at this size, so the protocol uses one training program
   (``train.num_buckets=1``: four programs cost the decoder point 99 s) and one evaluation
   program, and seed 1 reuses seed 0's compiled programs from ``<root>/.jax_cache``.
