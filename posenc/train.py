@@ -492,16 +492,20 @@ def length_schedule(key, start: int, stop: int, num_lengths: int) -> np.ndarray:
   return np.concatenate(out).astype(np.int32) if out else np.zeros(shape, np.int32)
 
 
-def compile_programs(lowered: list) -> list:
-  """Compiles lowered programs (``jax.stages.Lowered``) side by side, one thread per core:
-  XLA compiles outside the GIL, and each program's compilation is mostly single-threaded.
-  A ``jax.jit`` function whose lowering was compiled here finds it in its cache."""
-  if len(lowered) <= 1:
-    return [l.compile() for l in lowered]
+def compile_programs(lowerings: list[Callable[[], Any]]) -> list:
+  """Lowers and compiles programs side by side, one thread per core; ``lowerings`` are
+  callables that return a ``jax.stages.Lowered`` (e.g. ``lambda: fn.lower(*args)``).
+
+  XLA compiles outside the GIL and mostly on one thread per program, so on two cores two
+  programs compile at once, and one program's tracing (Python) overlaps another's
+  compilation. A ``jax.jit`` function whose lowering was compiled here finds the program
+  in its cache. Returns the ``jax.stages.Compiled`` programs in order."""
+  if len(lowerings) <= 1:
+    return [lower().compile() for lower in lowerings]
   import concurrent.futures  # noqa: PLC0415
-  workers = min(len(lowered), parallel.available_cores())
+  workers = min(len(lowerings), parallel.available_cores())
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    return list(pool.map(lambda l: l.compile(), lowered))
+    return list(pool.map(lambda lower: lower().compile(), lowerings))
 
 
 def make_train_step(s: Setup, bucket: int | None = None) -> Callable:
@@ -1020,7 +1024,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
                   else "no checkpoint had been written yet")
   try:
     if bucket_fns:  # every program the run will use is compiled before the first step
-      compile_programs([fn.lower(state, keys["train"], schedule[0]) for fn in bucket_fns.values()])
+      compile_programs([lambda fn=fn: fn.lower(state, keys["train"], schedule[0])
+                        for fn in bucket_fns.values()])
     while step < total:
       dispatched = step + 1
       state, metrics = step_fn(state, keys["train"])

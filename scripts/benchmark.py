@@ -43,7 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import logging  # noqa: E402
 
-from posenc import encodings, train  # noqa: E402
+from posenc import dropout, encodings, train  # noqa: E402
 
 logging.set_verbosity(logging.ERROR)
 
@@ -411,6 +411,95 @@ def bench_seeds(args, num_seeds: int = 8, rate: float = 0.0) -> dict:
   return out
 
 
+def bench_buckets(preset: str, args) -> dict:
+  """Training length buckets on ``configs/sinusoidal.py:<preset>``: the step of every bucket
+  program (``config.train.num_buckets``, or ``--num_buckets``) and of the one program of
+  ``num_buckets = 1``, timed in ``--rounds`` interleaved rounds (medians), and the step
+  averaged over the length distribution (lengths uniform: bucket ``b`` runs a share
+  ``|b| / n`` of the steps). "before" is the one program with flax's own dropout masks
+  (``posenc.dropout.FUSED = False``: the same numbers, the masks drawn as before this
+  change), the reference the targets are stated against. Also: seconds to compile all
+  bucket programs the way a run does (side by side, ``train.compile_programs``)."""
+  import numpy as np  # noqa: PLC0415
+
+  c = config_for("sinusoidal", preset)
+  k = args.num_buckets or c.train.num_buckets
+  with c.unlocked():
+    c.train.num_buckets = k
+  s = train.setup(c)
+  plan = s.train_buckets()
+  keys = train.root_keys(0)
+  state = train.init_state(s, keys["init"])
+  fresh = lambda: jax.tree_util.tree_map(jnp.copy, state)
+  programs: dict[str, list] = {}  # name -> [compiled, state, extra args, padded length]
+  for name, fused in (("before", False), ("one", True)):
+    dropout.FUSED = fused
+    try:
+      compiled = jax.jit(train.make_train_step(s), donate_argnums=0).lower(
+          state, keys["train"]).compile()
+    finally:
+      dropout.FUSED = True
+    programs[name] = [compiled, fresh(), (), s.train_padded]
+  t = time.perf_counter()
+  lowerings = [lambda b=b, g=g: jax.jit(train.make_train_step(s, b), donate_argnums=0).lower(
+      state, keys["train"], np.int32(s.train_lengths.index(g[-1]))) for b, (g, _) in enumerate(plan)]
+  compiled = train.compile_programs(lowerings)
+  compile_s = time.perf_counter() - t
+  for b, ((g, padded), comp) in enumerate(zip(plan, compiled)):
+    programs[f"bucket{b}"] = [comp, fresh(), (np.int32(s.train_lengths.index(g[-1])),), padded]
+  samples = {name: [] for name in programs}
+  names = list(programs)
+  # "cpu": this process's CPU seconds (all threads) per step: on a machine shared with other
+  # jobs, time slicing stretches wall time but not the work done; cache contention still shows.
+  clock = time.process_time if args.buckets_clock == "cpu" else time.perf_counter
+  for r in range(args.rounds):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      comp, st, extra, _ = programs[name]
+      for _ in range(args.warmup if r == 0 else 0):
+        st, _ = comp(st, keys["train"], *extra)
+      jax.block_until_ready(st)
+      t = clock()
+      for _ in range(args.steps):
+        st, _ = comp(st, keys["train"], *extra)
+      jax.block_until_ready(st)
+      samples[name].append((clock() - t) / args.steps)
+      programs[name][1] = st
+    print(f"  buckets round {r + 1}/{args.rounds} (load {os.getloadavg()[0]:.1f})", flush=True)
+  ms = {name: 1e3 * statistics.median(v) for name, v in samples.items()}
+  n = len(s.train_lengths)
+  bucket_ms = [ms[f"bucket{b}"] for b in range(len(plan))]
+  avg_ms = sum(len(g) / n * t for (g, _), t in zip(plan, bucket_ms))
+  return {
+      "preset": preset, "num_buckets": k, "lengths": [s.train_lengths[0], s.train_lengths[-1]],
+      "buckets": [{"lengths": [g[0], g[-1]], "padded": p, "step_ms": t, "share": len(g) / n}
+                  for (g, p), t in zip(plan, bucket_ms)],
+      "padded": s.train_padded, "before_ms": ms["before"], "one_ms": ms["one"],
+      "avg_ms": avg_ms, "longest_ms": bucket_ms[-1],
+      "avg_vs_before": avg_ms / ms["before"], "longest_vs_before": bucket_ms[-1] / ms["before"],
+      "one_vs_before": ms["one"] / ms["before"], "compile_all_s": compile_s,
+      "rounds_ms": {name: [1e3 * x for x in v] for name, v in samples.items()},
+      "load": os.getloadavg()[0], "clock": args.buckets_clock,
+  }
+
+
+def buckets_markdown(b: dict) -> str:
+  lines = [f"Training step of configs/sinusoidal.py:{b['preset']} (lengths {b['lengths'][0]}–"
+           f"{b['lengths'][1]} uniform), medians of interleaved rounds ({b['clock']} time; load "
+           f"{b['load']:.1f}):", "",
+           "| program | padded | step ms | × before |", "|---|---|---|---|",
+           f"| before: num_buckets=1, flax dropout masks | {b['padded']} | {b['before_ms']:.1f} | 1.00 |",
+           f"| num_buckets=1 | {b['padded']} | {b['one_ms']:.1f} | {b['one_vs_before']:.2f} |"]
+  for i, r in enumerate(b["buckets"]):
+    lines.append(f"| bucket {i}: lengths {r['lengths'][0]}–{r['lengths'][1]} | {r['padded']} | "
+                 f"{r['step_ms']:.1f} | {r['step_ms'] / b['before_ms']:.2f} |")
+  lines += ["", f"num_buckets={b['num_buckets']}: step averaged over the length distribution "
+            f"{b['avg_ms']:.1f} ms ({b['avg_vs_before']:.2f}x before; num_buckets=1: "
+            f"{b['one_vs_before']:.2f}x), at the longest length {b['longest_ms']:.1f} ms "
+            f"({b['longest_vs_before']:.2f}x); all {len(b['buckets'])} programs compiled in "
+            f"{b['compile_all_s']:.1f} s"]
+  return "\n".join(lines)
+
+
 def markdown(rows: list[dict], base: dict | None, eval_range: str = "41–500") -> str:
   head = (f"| scheme | mode | compile s | step ms | × sinusoidal | tokens/s | eval {eval_range} s | "
           "of which compiling | eval × sin. | per call × sin. | eval programs | peak MB | MFU |")
@@ -468,10 +557,27 @@ def main() -> None:
                  help="also time the compiled evaluation programs call by call in this many "
                  "rounds, the schemes taking turns on every call (per-sample cost, compiling "
                  "set aside; ratio to sinusoidal as the median over rounds); 0: skip")
+  p.add_argument("--buckets", default="", help="also time training length buckets on this "
+                 "preset of configs/sinusoidal.py (e.g. paper): per-bucket steps, the step "
+                 "averaged over the length distribution, compile time of all programs")
+  p.add_argument("--num_buckets", type=int, default=0,
+                 help="buckets for --buckets (0: the preset's config.train.num_buckets)")
+  p.add_argument("--buckets_only", action="store_true", help="run only the --buckets timing")
+  p.add_argument("--buckets_clock", choices=("wall", "cpu"), default="wall",
+                 help="--buckets steps in wall seconds, or in this process's CPU seconds (all "
+                 "threads; steadier on a machine shared with other jobs)")
   p.add_argument("--seed_step_worker", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.seed_step_worker:
     seed_step_worker(args)
+    return
+  if args.buckets_only:
+    b = bench_buckets(args.buckets or "paper", args)
+    b["markdown"] = buckets_markdown(b)
+    print(b["markdown"])
+    with open(args.out, "w") as f:
+      json.dump({"date": time.strftime("%Y-%m-%d"), "args": vars(args), "buckets": b}, f, indent=1)
+    print(f"wrote {args.out}")
     return
 
   schemes = [x for x in args.schemes.split(",") if x] or encodings.names()
@@ -542,6 +648,12 @@ def main() -> None:
             f"8-seed run {seeds['one_run_s']:.1f} s ({seeds['run_speedup']:.2f}x)")
   out.update({"lm_markdown": lm_table, "seeds": seeds})
   save_partial(out, args.out)
+  if args.buckets:
+    print(f"timing training length buckets ({args.buckets} preset) ...", flush=True)
+    out["buckets"] = bench_buckets(args.buckets, args)
+    out["buckets"]["markdown"] = buckets_markdown(out["buckets"])
+    print(out["buckets"]["markdown"])
+    save_partial(out, args.out)
   os.replace(args.out + ".partial", args.out)  # complete: only now is an earlier file replaced
   print(f"wrote {args.out}")
 

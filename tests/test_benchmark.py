@@ -141,3 +141,23 @@ def test_a_scheme_with_a_different_evaluation_is_left_out_of_the_call_timing(mon
   assert rows[0]["eval_calls_ratio"] == 1.0
   assert rows[1] == {"scheme": "longer",
                      "eval_calls_error": "3 evaluation calls against 2: not the same evaluation"}
+
+
+def test_benchmark_times_training_length_buckets(tmp_path):
+  out = tmp_path / "buckets.json"
+  cmd = [sys.executable, "scripts/benchmark.py", "--buckets=smoke", "--num_buckets=3",
+         "--buckets_only", "--steps=1", "--warmup=1", "--rounds=2", f"--out={out}"]
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  b = json.loads(out.read_text())["buckets"]
+  assert b["num_buckets"] == 3 and len(b["buckets"]) == 3 and b["lengths"] == [1, 6]
+  assert [r["lengths"] for r in b["buckets"]] == [[1, 2], [3, 4], [5, 6]]
+  assert abs(sum(r["share"] for r in b["buckets"]) - 1) < 1e-9
+  # the average weighs each bucket's median step by its share of the lengths
+  assert abs(b["avg_ms"] - sum(r["share"] * r["step_ms"] for r in b["buckets"])) < 1e-9
+  assert b["longest_ms"] == b["buckets"][-1]["step_ms"]
+  for name, rounds in b["rounds_ms"].items():
+    assert len(rounds) == 2 and all(t > 0 for t in rounds), name
+  assert abs(b["avg_vs_before"] - b["avg_ms"] / b["before_ms"]) < 1e-9
+  assert b["compile_all_s"] > 0
+  assert "| bucket 2: lengths 5–6 | 12 |" in b["markdown"]

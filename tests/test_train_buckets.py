@@ -220,14 +220,14 @@ def _leaves(workdir):
 
 def test_bucketed_run_resumes_bit_identically(tmp_path):
   logs = []
-  whole = helpers.config("sinusoidal", **{"train.steps": 6, "train.num_buckets": 3})
+  whole = helpers.config("sinusoidal", **{"train.steps": 6, "train.num_buckets": 2})
   whole.workdir = str(tmp_path / "whole")
   train.train_and_evaluate(whole, log=logs.append)
   assert any("compiled" in l and "training programs (one per bucket" in l for l in logs), logs
-  part = helpers.config("sinusoidal", **{"train.steps": 4, "train.num_buckets": 3})
+  part = helpers.config("sinusoidal", **{"train.steps": 4, "train.num_buckets": 2})
   part.workdir = str(tmp_path / "resumed")
   train.train_and_evaluate(part, log=lambda *_: None)
-  rest = helpers.config("sinusoidal", **{"train.steps": 6, "train.num_buckets": 3})
+  rest = helpers.config("sinusoidal", **{"train.steps": 6, "train.num_buckets": 2})
   rest.workdir = part.workdir
   logs = []
   train.train_and_evaluate(rest, log=logs.append)
