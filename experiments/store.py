@@ -49,14 +49,23 @@ def prune(workdir: str, config_hash: str) -> list[str]:
   """Deletes a finished point's checkpoints and TensorBoard events; returns what was removed.
 
   Nothing is touched unless the point is :func:`committed` with ``config_hash`` (an unfinished
-  point needs its checkpoints to resume).
+  point needs its checkpoints to resume), and nothing while a run holds the workdir's lock
+  (``posenc.workdir_lock``): a run writes ``results.json`` a moment before it ends, and a sweep
+  worker sharing the root must not delete what that run may still be closing; the run's own
+  worker prunes its point once the run has ended.
   """
   if not committed(workdir, config_hash):
     return []
+  from posenc import workdir_lock
+  try:
+    lock = workdir_lock.acquire(workdir)
+  except workdir_lock.WorkdirLocked:
+    return []
   removed = []
-  for name in PRUNED:
-    path = os.path.join(workdir, name)
-    if os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path)
-      removed.append(path)
+  with lock:
+    for name in PRUNED:
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+        removed.append(path)
   return removed

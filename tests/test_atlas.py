@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from experiments import collect, store, sweeping
-from posenc import encodings, tasks, train
+from posenc import encodings, tasks, train, workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATLAS = os.path.join(ROOT, "configs", "sweeps", "atlas.py")
@@ -298,6 +298,18 @@ def test_sweep_skips_committed_points_and_prunes_finished_ones(tmp_path, capsys)
   assert status["skipped"] == [0, 1]
   assert sorted(os.listdir(first)) == ["config.json", "results.json"]
   assert "skip (finished)" in capsys.readouterr().out
+
+  # A point a run still holds (it wrote results.json and is closing) is left to that run.
+  second_hash = train.config_hash(resolved[1][1])
+  os.makedirs(os.path.join(second, "checkpoints", "4"))
+  lock = workdir_lock.acquire(second)
+  try:
+    assert store.prune(second, second_hash) == []
+    assert os.path.isdir(os.path.join(second, "checkpoints", "4"))
+  finally:
+    lock.release()
+  assert store.prune(second, second_hash) == [os.path.join(second, "checkpoints")]
+  assert sorted(os.listdir(second)) == ["config.json", "results.json"]
 
   # An unfinished point keeps its checkpoints: prune never removes what a resume needs.
   unfinished = tmp_path / "unfinished"
