@@ -88,7 +88,6 @@ ENCODER_TASKS = ("even_pairs", "parity_check",            # R (parity: the negat
 DECODER_TASKS = ("copy", "addition", "sorting", "reverse_string")
 # Schemes that also get randomized positions (Ruoss et al. 2023 report these four).
 RANDOMIZED = ("sinusoidal", "rope", "alibi", "t5")
-FORMS = ("encoder", "decoder")
 
 TRAIN_MAX = 12
 EVAL_MAX = 30
