@@ -335,6 +335,11 @@ def test_trajectory_report_measures_growth_past_the_training_positions():
   np.testing.assert_allclose(float(report["growth"]), 40.0)
   np.testing.assert_allclose(float(report["drift_train_end"]), 0.0)
   np.testing.assert_allclose(float(report["drift_last"]), 78.0)
+  # A diverged trajectory (components past 1e19, whose squares overflow float32) stays finite.
+  rows[-1] = 1e30
+  report = floater.trajectory_report(rows, 6)
+  np.testing.assert_allclose(float(report["norm_last"]), 2e30, rtol=1e-5)
+  np.testing.assert_allclose(float(report["growth"]), 1e30, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- end to end

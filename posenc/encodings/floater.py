@@ -391,6 +391,14 @@ def solver_stats(model_params: dict, setup: Any, *, train: bool = True) -> dict:
   return {"num_positions": int(bound), **{k: int(v) for k, v in stats.items()}}
 
 
+def _norm(x: jax.Array) -> jax.Array:
+  """``‖x‖`` over the last axis, scaled by ``max|x_i|`` first: a diverged trajectory's rows
+  (components past 1e19) would overflow float32's sum of squares to Inf."""
+  scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+  safe = jnp.where(scale > 0, scale, 1.0)
+  return scale[..., 0] * jnp.sqrt(jnp.sum(jnp.square(x / safe), axis=-1))
+
+
 def trajectory_report(table: jax.Array, train_positions: int) -> dict:
   """How a solved ``table`` ``[N, ..., d]`` grows past the first ``train_positions`` rows.
 
@@ -405,8 +413,8 @@ def trajectory_report(table: jax.Array, train_positions: int) -> dict:
   n = table.shape[0]
   inside = min(max(int(train_positions), 1), n)
   flat = table.reshape(n, -1, table.shape[-1])
-  norms = jnp.linalg.norm(flat, axis=-1)  # [N, rows]
-  drift = jnp.mean(jnp.linalg.norm(flat - flat[:1], axis=-1), axis=-1)  # [N]
+  norms = _norm(flat)  # [N, rows]
+  drift = jnp.mean(_norm(flat - flat[:1]), axis=-1)  # [N]
   norm_max_train = jnp.max(norms[:inside])
   norm_last = jnp.max(norms[-1])
   return {"norm_max_train": norm_max_train, "norm_last": norm_last,
