@@ -138,6 +138,9 @@ class Transformer(nn.Module):
 
   @property
   def _dtype(self):
+    """Activations and matmuls (``model.dtype``); parameters stay float32 (flax's default
+    ``param_dtype``), LayerNorm's statistics, the attention logits and softmax, the scheme's
+    position math and the output logits run in float32 whatever it is."""
     return jnp.dtype(self.cfg.dtype)
 
   @nn.compact
@@ -193,17 +196,17 @@ class Transformer(nn.Module):
       if hasattr(enc, "layer_input"):
         x_BxLxD = enc.layer_input(x_BxLxD, positions, layer)
       if cfg.pre_ln:
-        h = nn.LayerNorm(name=f"layer{layer}_ln1")(x_BxLxD)
+        h = nn.LayerNorm(dtype=self._dtype, name=f"layer{layer}_ln1")(x_BxLxD)
         x_BxLxD = x_BxLxD + drop(attend(h, layer))
-        h = nn.LayerNorm(name=f"layer{layer}_ln2")(x_BxLxD)
+        h = nn.LayerNorm(dtype=self._dtype, name=f"layer{layer}_ln2")(x_BxLxD)
         x_BxLxD = x_BxLxD + drop(self._ffn(h, layer, train))
       else:
         h = x_BxLxD + drop(attend(x_BxLxD, layer))
-        x_BxLxD = nn.LayerNorm(name=f"layer{layer}_ln1")(h)
+        x_BxLxD = nn.LayerNorm(dtype=self._dtype, name=f"layer{layer}_ln1")(h)
         h = x_BxLxD + drop(self._ffn(x_BxLxD, layer, train))
-        x_BxLxD = nn.LayerNorm(name=f"layer{layer}_ln2")(h)
+        x_BxLxD = nn.LayerNorm(dtype=self._dtype, name=f"layer{layer}_ln2")(h)
     if cfg.pre_ln:
-      x_BxLxD = nn.LayerNorm(name="final_ln")(x_BxLxD)
+      x_BxLxD = nn.LayerNorm(dtype=self._dtype, name="final_ln")(x_BxLxD)
     if cfg.tie_embeddings:
       if cfg.output_vocab_size != cfg.vocab_size:
         raise ValueError("tie_embeddings needs output_vocab_size == vocab_size")
