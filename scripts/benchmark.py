@@ -43,7 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import logging  # noqa: E402
 
-from posenc import dropout, encodings, train  # noqa: E402
+from posenc import dropout, encodings, model, train  # noqa: E402
 
 logging.set_verbosity(logging.ERROR)
 
@@ -416,9 +416,10 @@ def bench_buckets(preset: str, args) -> dict:
   program (``config.train.num_buckets``, or ``--num_buckets``) and of the one program of
   ``num_buckets = 1``, timed in ``--rounds`` interleaved rounds (medians), and the step
   averaged over the length distribution (lengths uniform: bucket ``b`` runs a share
-  ``|b| / n`` of the steps). "before" is the one program with flax's own dropout masks
-  (``posenc.dropout.FUSED = False``: the same numbers, the masks drawn as before this
-  change), the reference the targets are stated against. Also: seconds to compile all
+  ``|b| / n`` of the steps). "before" is the one program as it was before buckets: flax's
+  own dropout masks (``posenc.dropout.FUSED = False``: the same masks, drawn slowly) and
+  softmax before the value product (``posenc.model.NORMALIZE_AFTER_VALUES = False``),
+  the reference the targets are stated against. Also: seconds to compile all
   bucket programs the way a run does (side by side, ``train.compile_programs``)."""
   import numpy as np  # noqa: PLC0415
 
@@ -432,13 +433,13 @@ def bench_buckets(preset: str, args) -> dict:
   state = train.init_state(s, keys["init"])
   fresh = lambda: jax.tree_util.tree_map(jnp.copy, state)
   programs: dict[str, list] = {}  # name -> [compiled, state, extra args, padded length]
-  for name, fused in (("before", False), ("one", True)):
-    dropout.FUSED = fused
+  for name, new in (("before", False), ("one", True)):
+    dropout.FUSED = model.NORMALIZE_AFTER_VALUES = new
     try:
       compiled = jax.jit(train.make_train_step(s), donate_argnums=0).lower(
           state, keys["train"]).compile()
     finally:
-      dropout.FUSED = True
+      dropout.FUSED = model.NORMALIZE_AFTER_VALUES = True
     programs[name] = [compiled, fresh(), (), s.train_padded]
   t = time.perf_counter()
   lowerings = [lambda b=b, g=g: jax.jit(train.make_train_step(s, b), donate_argnums=0).lower(
@@ -487,7 +488,8 @@ def buckets_markdown(b: dict) -> str:
            f"{b['lengths'][1]} uniform), medians of interleaved rounds ({b['clock']} time; load "
            f"{b['load']:.1f}):", "",
            "| program | padded | step ms | × before |", "|---|---|---|---|",
-           f"| before: num_buckets=1, flax dropout masks | {b['padded']} | {b['before_ms']:.1f} | 1.00 |",
+           f"| before: num_buckets=1, flax dropout, softmax first | {b['padded']} | "
+           f"{b['before_ms']:.1f} | 1.00 |",
            f"| num_buckets=1 | {b['padded']} | {b['one_ms']:.1f} | {b['one_vs_before']:.2f} |"]
   for i, r in enumerate(b["buckets"]):
     lines.append(f"| bucket {i}: lengths {r['lengths'][0]}–{r['lengths'][1]} | {r['padded']} | "
