@@ -732,11 +732,14 @@ def evaluation_programs(s: Setup, params, key: jax.Array, *, num_seeds: int = 1,
   chunks = math.ceil(e.samples_per_length / batch_size)
   output_offset = data_lib.NUM_SPECIAL + s.task.input_vocab_size
   contiguous = positions_lib.shared_contiguous(s.config.positions, train=False)
+  # Every bucket draws its samples at the width of the longest evaluated length, so a length's
+  # samples (and so its score) do not depend on how the lengths are bucketed.
+  sample_max = max(max(lengths) for lengths, _ in s.eval_buckets)
   for lengths, padded in s.eval_buckets:
     model = s.model(s.eval_bound(padded), contiguous=contiguous)
     batch_fn = data_lib.make_batch_fn(
         s.task, positions_lib.make(s.config.positions, train=False), batch_size=batch_size,
-        lengths=lengths, padded_length=padded, causal=s.causal)
+        lengths=lengths, padded_length=padded, causal=s.causal, sample_max=sample_max)
 
     micro = eval_micro_batch(s.config, batch_size, padded)
 

@@ -178,24 +178,6 @@ def test_rows_do_not_see_padding_or_each_other(case):
                                   err_msg=f"{_case_id(case)}: greedy answers depend on padding")
 
 
-class _OneSampleWidth:
-  """``task``, with every padded sample drawn ``width`` wide.
-
-  A task's padded sampler draws ``[B, max_length]`` arrays, and evaluation passes the
-  bucket's longest length as ``max_length``: a length gets other samples when the bucketing
-  changes, whatever the scheme. Drawing at one width isolates what this file tests.
-  """
-
-  def __init__(self, task, width: int):
-    self._task, self._width = task, width
-
-  def __getattr__(self, name):
-    return getattr(self._task, name)
-
-  def sample_padded(self, rng, batch_size, length, max_length):
-    return self._task.sample_padded(rng, batch_size, length, max(self._width, max_length))
-
-
 def _log_likelihoods(logits, batch):
   """Per sequence: the mean log-probability of its scored answer tokens, and whether it has
   any: a score that moves with every logit (accuracy, the argmax of the same logits, would
@@ -229,7 +211,6 @@ def test_scores_do_not_depend_on_buckets_or_passes(monkeypatch):
     c.eval.num_buckets, c.eval.micro_batch = num_buckets, micro
     s = train.setup(c)
     assert len(s.eval_buckets) == min(num_buckets, 3)
-    s.task = _OneSampleWidth(s.task, c.eval.max_length)
     results[num_buckets] = train.evaluate(s, state["params"], keys["eval"], log=None, greedy=True)
   for m, metric in enumerate(("log-likelihood", "exact match", "greedy token accuracy")):
     reference = results[1][m]
