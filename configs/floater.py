@@ -2,10 +2,11 @@
 
 * default — base's CPU preset (same model, steps and evaluation as configs/sinusoidal.py, so the
   two compare directly); FLOATER with its defaults: q/k/v injection on top of the sinusoidal
-  input, adaptive Tsit5 (rtol 1e-3, atol 1e-6), Δt = 0.01, backprop through the solver.
+  input, the bounded ``decay`` flow, adaptive Tsit5 (rtol 1e-3, atol 1e-6), Δt = 0.01,
+  backprop through the solver.
 * smoke   — base's smoke preset.
-* paper   — base's paper protocol with the official solver settings: torchdiffeq's RK4 at
-  step Δt/5 and the adjoint method (xuanqing94/FLOATER, fairseq/models/flow_transformer.py:
+* paper   — base's paper protocol with the paper's unconstrained flow (``flow=free``) and the
+  official solver settings: torchdiffeq's RK4 at step Δt/5 and the adjoint method (xuanqing94/FLOATER, fairseq/models/flow_transformer.py:
   ``odeint_adjoint``, ``method="rk4"``, ``step_size=time_dt/5``).
 
 The paper's results all fine-tune from a trained sinusoidal Transformer. Warm start from a
@@ -19,11 +20,11 @@ sinusoidal run's q/k/v projection biases are dropped, since FLOATER's terms repl
 The paper's conceptual form (an additive per-layer input instead of q/k/v biases):
 ``--config.encoding.injection=layer_input``.
 
-Flows that stay bounded past the training positions (the paper's ``h`` is ``flow=free``):
-``--config.encoding.flow=tanh`` (speed ``|dp_i/dt| <= c``), ``decay`` (``|p_i| <=
-max(|p_i(0)|, c/λ)``), ``sphere`` (``‖p(t)‖ = ‖p(0)‖``), with ``c = encoding.flow_speed``,
-``λ = encoding.flow_decay``; see the module docstring. ``results.json`` records the trained
-trajectory's growth at the longest evaluated position (``encoding_report``).
+Flow forms (``config.encoding.flow``; see the module docstring): ``decay`` (the default:
+``|p_i| <= max(|p_i(0)|, c/λ)`` at every position), ``tanh`` (speed ``|dp_i/dt| <= c``),
+``sphere`` (``‖p(t)‖ = ‖p(0)‖``), with ``c = encoding.flow_speed``, ``λ = encoding.flow_decay``;
+``free`` is the paper's unconstrained ``h`` (the ``paper`` preset's). ``results.json`` records
+the trained trajectory's growth at the longest evaluated position (``encoding_report``).
 """
 
 from configs import base
@@ -34,4 +35,5 @@ def get_config(arg=None):
   if c.preset == "paper":
     c.encoding.method = "rk4"
     c.encoding.adjoint = "backsolve"
+    c.encoding.flow = "free"  # the paper's unconstrained h
   return c

@@ -163,7 +163,7 @@ def test_one_solve_per_forward_pass_and_rows_gathered_by_position(monkeypatch):
   embedded, out, cross = forward(params)
   assert calls == [40]  # once, up to the static bound, for every layer and q/k/v
   dyn = {n: params[f"ode_{n}"] for n in ("w1", "b1", "w2", "b2")}
-  table = jax.jit(lambda: real(dyn, params["ode_p0"], 40))()
+  table = jax.jit(lambda: real(dyn, params["ode_p0"], 40, **m.solver_kwargs()))()
   for layer in range(3):
     for stream, got in enumerate(out[layer]):
       want = table[pos, stream, layer].reshape(2, 4, 2, 8)
@@ -320,6 +320,9 @@ def test_flow_fields_are_the_documented_formulas():
                              floater.vector_field(small, t, p), rtol=1e-5, atol=1e-9)
   with pytest.raises(ConfigError, match="config.encoding.flow"):
     _module(flow="bounded").check(8)
+  from configs import floater as floater_config  # the default is bounded; the paper's is free
+  assert floater_config.get_config().encoding.flow == "decay"
+  assert floater_config.get_config("paper").encoding.flow == "free"
   for field_name in ("flow_speed", "flow_decay"):
     with pytest.raises(ConfigError, match=f"config.encoding.{field_name}"):
       _module(**{field_name: 0.0}).check(8)
@@ -392,7 +395,8 @@ def test_entry_points_trace_the_step_without_host_callbacks():
 
 def test_a_solver_failure_in_the_evaluation_table_is_a_clear_error():
   # The evaluation table's program reports the solve too (no host callback); the host raises.
-  s = train.setup(helpers.config("floater", **{"encoding.max_steps": 16}))
+  # The free flow: a bounded one's speed limit keeps even these weights solvable.
+  s = train.setup(helpers.config("floater", **{"encoding.max_steps": 16, "encoding.flow": "free"}))
   params = train.init_state(s, jax.random.PRNGKey(0))["params"]
   assert set(train.eval_cache(s, params)["cache"]["encoding"]) == {"rows_q", "rows_kv"}
   enc = dict(params["encoding"])
@@ -409,6 +413,7 @@ def test_a_solver_failure_during_training_names_the_field_and_keeps_the_last_che
   # solves need, so a later solve runs out of steps.
   c = helpers.config("floater", **{"train.steps": 30, "train.learning_rate": 0.5,
                                    "encoding.max_steps": 4, "train.log_every": 1,
+                                   "encoding.flow": "free",
                                    "checkpoint.every_steps": 1, "eval.num_buckets": 1})
   c.workdir = str(tmp_path / "stiff")
   with pytest.raises(train.TrainingDiverged) as info:
