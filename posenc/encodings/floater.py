@@ -58,8 +58,8 @@ tolerance, so the rows are read out through :func:`enforce_bound` (rescaled to `
 clipped to the bound; the identity away from it) and the bound holds for the table itself.
 A spectrally normalised ``h`` alone is not offered: with ``Lip(h) ≤ 1`` the state may still
 grow like ``e^t`` (``e^32 ≈ 8·10¹³`` at 100x the default preset's 32 training positions).
-Bounded speed also keeps the adaptive solver's step count bounded by the length of the solve,
-whatever the parameters. ``results.json`` records the trajectory's growth and the evaluation
+Bounded speed also ties the adaptive solver's step count to the length of the solve (and to
+``c`` times the Lipschitz constant of ``h``), never to how large the state has grown. ``results.json`` records the trajectory's growth and the evaluation
 solve's steps (``encoding_report``, :meth:`Encoding.report`), so a diverging flow is visible.
 
 The module's default is ``"decay"``; the ``paper`` preset keeps ``"free"``. Measured on the
