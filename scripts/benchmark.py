@@ -66,10 +66,11 @@ def _on_duration(name: str, secs: float, **kw) -> None:
 jax.monitoring.register_event_duration_secs_listener(_on_duration)
 
 
-def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
-  """Measured dense float32 matmul FLOP/s of this device."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ a)
+def matmul_rate(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+  """Measured dense ``n x n`` matmul FLOP/s of this device in ``dtype`` (float32 at the
+  backend's default precision: on NVIDIA GPUs from Ampere on, XLA may use TF32 for it)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda x: (x @ a).astype(dtype))
   x = f(a).block_until_ready()
   t = time.perf_counter()
   for _ in range(repeats):

@@ -38,22 +38,8 @@ sys.path.insert(0, _ROOT)
 from scripts import benchmark  # noqa: E402 — sets up jax, logging and the compile listeners
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 from posenc import train  # noqa: E402
-
-
-def matmul_rate(dtype: str, n: int, repeats: int = 10) -> float:
-  """Measured dense ``n x n`` matmul FLOP/s in ``dtype`` (float32 at the backend's default
-  precision: on NVIDIA GPUs from Ampere on, XLA may use TF32 for it)."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
-  f = jax.jit(lambda x: (x @ a).astype(dtype))
-  x = f(a).block_until_ready()
-  t = time.perf_counter()
-  for _ in range(repeats):
-    x = f(x)
-  x.block_until_ready()
-  return 2 * n ** 3 * repeats / (time.perf_counter() - t)
 
 
 def _config(scheme: str, args, **overrides):
@@ -186,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
   report = {"device": device_info(), "preset": args.preset,
             "eval_range": f"{args.eval_min}–{args.eval_max}",
             "matmul_tflops": {}, "rows": [], "args": vars(args)}
-  rates = {d: matmul_rate(d, args.matmul_n) for d in dtypes}
+  rates = {d: benchmark.matmul_rate(args.matmul_n, dtype=d) for d in dtypes}
   report["matmul_tflops"] = {d: r / 1e12 for d, r in rates.items()}
   for scheme in [x for x in args.schemes.split(",") if x]:
     for dtype in dtypes:
