@@ -2,11 +2,10 @@
 
 * default — base's CPU preset (same model, steps and evaluation as configs/sinusoidal.py, so the
   two compare directly); FLOATER with its defaults: q/k/v injection on top of the sinusoidal
-  input, the bounded ``decay`` flow, adaptive Tsit5 (rtol 1e-3, atol 1e-6), Δt = 0.01,
+  input, the paper's unconstrained flow (``flow=free``), adaptive Tsit5 (rtol 1e-3, atol 1e-6), Δt = 0.01,
   backprop through the solver.
 * smoke   — base's smoke preset.
-* paper   — base's paper protocol with the paper's unconstrained flow (``flow=free``) and the
-  official solver settings: torchdiffeq's RK4 at step Δt/5 and the adjoint method (xuanqing94/FLOATER, fairseq/models/flow_transformer.py:
+* paper   — base's paper protocol with the official solver settings: torchdiffeq's RK4 at step Δt/5 and the adjoint method (xuanqing94/FLOATER, fairseq/models/flow_transformer.py:
   ``odeint_adjoint``, ``method="rk4"``, ``step_size=time_dt/5``).
 
 The paper's results all fine-tune from a trained sinusoidal Transformer. Warm start from a
@@ -20,10 +19,10 @@ sinusoidal run's q/k/v projection biases are dropped, since FLOATER's terms repl
 The paper's conceptual form (an additive per-layer input instead of q/k/v biases):
 ``--config.encoding.injection=layer_input``.
 
-Flow forms (``config.encoding.flow``; see the module docstring): ``decay`` (the default:
-``|p_i| <= max(|p_i(0)|, c/λ)`` at every position), ``tanh`` (speed ``|dp_i/dt| <= c``),
+Flow forms (``config.encoding.flow``; see the module docstring): ``decay``
+(``|p_i| <= max(|p_i(0)|, c/λ)`` at every position), ``tanh`` (speed ``|dp_i/dt| <= c``),
 ``sphere`` (``‖p(t)‖ = ‖p(0)‖``), with ``c = encoding.flow_speed``, ``λ = encoding.flow_decay``;
-``free`` is the paper's unconstrained ``h`` (the ``paper`` preset's). ``results.json`` records
+``free`` is the paper's unconstrained ``h`` (the default). ``results.json`` records
 the trained trajectory's growth at the longest evaluated position (``encoding_report``).
 """
 

@@ -320,8 +320,8 @@ def test_flow_fields_are_the_documented_formulas():
                              floater.vector_field(small, t, p), rtol=1e-5, atol=1e-9)
   with pytest.raises(ConfigError, match="config.encoding.flow"):
     _module(flow="bounded").check(8)
-  from configs import floater as floater_config  # the default is bounded; the paper's is free
-  assert floater_config.get_config().encoding.flow == "decay"
+  from configs import floater as floater_config  # the default is the paper's free flow
+  assert floater_config.get_config().encoding.flow == "free"
   assert floater_config.get_config("paper").encoding.flow == "free"
   for field_name in ("flow_speed", "flow_decay"):
     with pytest.raises(ConfigError, match=f"config.encoding.{field_name}"):
