@@ -47,6 +47,9 @@ class ModelConfig:
   num_heads: int = 8
   num_layers: int = 5
   d_ff: int = 256
+  # Residual dropout, where Vaswani et al. (2017, sec. 5.4) and Ruoss et al.'s reference
+  # encoder put it: on the embeddings (after the position encoding is added) and on each
+  # sub-layer's output before the residual sum; not inside the FFN.
   dropout: float = 0.1
   pre_ln: bool = False
   causal: bool = False
@@ -143,11 +146,10 @@ class Transformer(nn.Module):
     return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=self._dtype,
                            name=f"layer{layer}_out")(o_BxLxHxDh)
 
-  def _ffn(self, x, layer, train):
+  def _ffn(self, x, layer):
     cfg = self.cfg
     act = {"relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu}[cfg.activation]
     h = act(nn.Dense(cfg.d_ff, dtype=self._dtype, name=f"layer{layer}_ff1")(x))
-    h = Dropout(cfg.dropout, mask_length=cfg.dropout_mask_length)(h, deterministic=not train)
     return nn.Dense(cfg.d_model, dtype=self._dtype, name=f"layer{layer}_ff2")(h)
 
   @property
@@ -213,11 +215,11 @@ class Transformer(nn.Module):
         h = nn.LayerNorm(dtype=self._dtype, name=f"layer{layer}_ln1")(x_BxLxD)
         x_BxLxD = x_BxLxD + drop(attend(h, layer))
         h = nn.LayerNorm(dtype=self._dtype, name=f"layer{layer}_ln2")(x_BxLxD)
-        x_BxLxD = x_BxLxD + drop(self._ffn(h, layer, train))
+        x_BxLxD = x_BxLxD + drop(self._ffn(h, layer))
       else:
         h = x_BxLxD + drop(attend(x_BxLxD, layer))
         x_BxLxD = nn.LayerNorm(dtype=self._dtype, name=f"layer{layer}_ln1")(h)
-        h = x_BxLxD + drop(self._ffn(x_BxLxD, layer, train))
+        h = x_BxLxD + drop(self._ffn(x_BxLxD, layer))
         x_BxLxD = nn.LayerNorm(dtype=self._dtype, name=f"layer{layer}_ln2")(h)
     if cfg.pre_ln:
       x_BxLxD = nn.LayerNorm(dtype=self._dtype, name="final_ln")(x_BxLxD)
