@@ -3,6 +3,7 @@
   python -m experiments.sweep --config=configs/sweeps/chomsky.py:smoke --root=/tmp/sweep
   python -m experiments.sweep --config=configs/sweeps/chomsky.py --count
   python -m experiments.sweep --config=configs/sweeps/chomsky.py:paper --print_commands
+  python -m experiments.sweep --config=configs/sweeps/atlas.py --root=experiments/atlas --list
 
 Run locally, points go one after another in this process (``posenc.train.train_and_evaluate``
 per point). A point whose workdir has a ``DONE`` for the same config is skipped without touching
@@ -22,8 +23,10 @@ See docs/clusters.md.
 
 ``--print_commands`` prints one ``python -m experiments.run ... --sweep_index=N`` line per point,
 carrying this command's ``--config.*`` overrides and ``--root``, so a job array runs exactly these
-points; ``--count`` prints how many there are. Points and their workdirs are explained in
-:mod:`experiments.sweeping`.
+points; ``--count`` prints how many there are; ``--list`` prints each point with ``done`` or
+``todo`` (finished: see :func:`experiments.sweeping.finished`). Points and their workdirs are explained in
+:mod:`experiments.sweeping`; how to write a sweep file (data: it imports nothing from
+``experiments``) in :mod:`configs.sweeps`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ _ROOT = flags.DEFINE_string("root", None, "Folder holding the points' workdirs (
                             "sweep config's workdir, runs/sweeps/<name>-<preset>).")
 _COUNT = flags.DEFINE_bool("count", False, "Print the number of points and exit.")
 _PRINT = flags.DEFINE_bool("print_commands", False, "Print one experiments.run command per point.")
+_LIST = flags.DEFINE_bool("list", False, "Print each point, whether its workdir holds a finished run "
+                          "of its config (done / todo) and the workdir; run nothing.")
 _SHARD = flags.DEFINE_string("shard", None, "i/n: run only points i, i+n, i+2n, ... (0 <= i < n).")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", "", "JAX's persistent compilation cache folder, shared by the points "
@@ -78,6 +83,14 @@ def main(argv):
     module = sweeping.load_module(config_arg)
     overrides = config_flags.get_override_values(flags.FLAGS["config"])
     resolved = sweeping.resolve_all(module, config, overrides)  # every point checked first
+    if _LIST.value:
+      done = 0
+      for i, (point, c) in enumerate(resolved):
+        finished = sweeping.finished(c)
+        done += finished
+        print(f"{i} {'done' if finished else 'todo'} {sweeping.describe(point)} -> {c.workdir}")
+      print(f"{done} of {len(resolved)} points finished")
+      return
     if _COUNT.value and not _PRINT.value:
       print(len(resolved))
       return

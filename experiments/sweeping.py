@@ -1,16 +1,23 @@
 """A sweep is data: a base config plus a list of flat override dicts, one per point.
 
-A sweep file (``configs/sweeps/<name>.py``) defines two functions:
+This module resolves a sweep's points into run configs and runs them; it never builds a sweep.
+Sweep files (``configs/sweeps/<name>.py``) are data one layer down: they import from
+``configs`` and ``posenc``, not from here (format and an example: :mod:`configs.sweeps`).
+A sweep file defines two functions:
 
-* ``get_config(arg=None)`` — the sweep's base config, built with :func:`sweep_config`: a
-  complete run config (``configs/<scheme>.py`` at the preset ``arg``, then the sweep's *shared*
-  settings), with ``workdir`` meaning the sweep's root folder, plus one extra block ``sweep``:
-  ``name``, ``seeds``, the ``schemes`` / ``tasks`` / ``learning_rates`` filters and axes
-  (comma-separated strings, so ``--config.sweep.schemes=rope,alibi`` narrows a sweep), the
-  ``configs`` package of per-scheme files and the ``shared`` settings. Presets are those of
-  ``configs/base.py``: ``smoke`` (tests), default (a 2-core CPU), ``paper``.
+* ``get_config(arg=None)`` — the sweep's base config, built with
+  :func:`configs.sweeps.sweep_config`: a complete run config (``configs/<scheme>.py`` at the
+  preset ``arg``, then the sweep's *shared* settings), with ``workdir`` meaning the sweep's root
+  folder, plus one extra block ``sweep``: ``name``, ``seeds``, the ``schemes`` / ``tasks`` /
+  ``learning_rates`` filters and axes (comma-separated strings, so
+  ``--config.sweep.schemes=rope,alibi`` narrows a sweep), the ``configs`` package of per-scheme
+  files and the ``shared`` settings. A file may add its own fields to the block (the atlas:
+  ``prune_finished``). Presets are those of ``configs/base.py``: ``smoke`` (tests), default (a
+  2-core CPU), ``paper``.
 * ``get_sweep(config)`` — the points: a list of flat override dicts such as
-  ``{"scheme": "rope", "task.name": "parity_check", "seed": 1}``, in a deterministic order.
+  ``{"scheme": "rope", "task.name": "parity_check", "seed": 1}``, in a deterministic order,
+  listed with :mod:`posenc.sweeps` (schemes discovered by mode, tasks by level, the filters of
+  the ``sweep`` block, :func:`posenc.sweeps.grid`), so new schemes and tasks join by themselves.
 
 Resolving point ``i`` (:func:`resolve`) gives a plain run config, the same one
 ``python -m experiments.run --config=configs/<scheme>.py:<preset> --config.<key>=<value> ...``
@@ -45,9 +52,7 @@ neither finished nor locked, and no point runs twice.
 from __future__ import annotations
 
 import copy
-import importlib
 import importlib.util
-import itertools
 import os
 import re
 import shlex
@@ -59,195 +64,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 import ml_collections
 
-from posenc import encodings, tasks, workdir_lock
+from configs.sweeps import scheme_config
+from posenc import workdir_lock
 from posenc.errors import ConfigError
-
-SCHEME_KEY = "scheme"
-CHOMSKY_LEVELS = ("R", "DCF", "CS")
-# Names the language-modelling task may land under (the first present is used).
-LM_TASK_NAMES = ("lm", "language_modelling", "language_modeling", "byte_lm")
-
-Point = Mapping[str, Any]
-
-
-# ----------------------------------------------------------------------------- building sweeps
-
-
-def scheme_config(scheme: str, preset: str, package: str = "configs") -> ml_collections.ConfigDict:
-  """``<package>/<scheme>.py:<preset>`` (e.g. ``configs/rope.py``, ``configs/lm/rope.py``).
-
-  A scheme without its own file there gets ``<package>/base.py``'s
-  ``get_config(preset, scheme=scheme)``, so new schemes join sweeps before their config file.
-  """
-  encodings.get(scheme)  # an unknown scheme: a clear error listing the known ones
-  try:
-    module = importlib.import_module(f"{package}.{scheme}")
-  except ModuleNotFoundError as e:
-    if e.name != f"{package}.{scheme}":
-      raise
-    base = importlib.import_module(f"{package}.base")
-    return base.get_config(preset, scheme=scheme)
-  return module.get_config(preset)
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict:
-  out: dict = {}
-  for key, value in flat.items():
-    node = out
-    *path, last = key.split(".")
-    for part in path:
-      node = node.setdefault(part, {})
-    node[last] = value
-  return out
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (ConfigDicts too)."""
-  out = {}
-  for key, value in d.items():
-    if isinstance(value, (dict, ml_collections.ConfigDict)):
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def set_field(config: ml_collections.ConfigDict, key: str, value: Any, *, where: str) -> None:
-  """Sets dotted ``key``; a key naming no field, or a value of the wrong type, is a ConfigError."""
-  node = config
-  *path, last = key.split(".")
-  for i, part in enumerate(path):
-    parent = ".".join(path[:i]) or "the config"
-    if not isinstance(node, ml_collections.ConfigDict):
-      raise ConfigError(key, f"no such config field ({where}); {parent} is a value, not a block")
-    if part not in node:
-      raise ConfigError(key, f"no such config field ({where}); "
-                        f"{parent} has: {', '.join(sorted(node.keys()))}")
-    node = node[part]
-  if not isinstance(node, ml_collections.ConfigDict) or last not in node:
-    known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
-    hint = f"; {'.'.join(path) or 'the config'} has: {known}" if known else ""
-    if path and path[0] == "encoding":
-      hint += f" (scheme {config.encoding.name!r})"
-    raise ConfigError(key, f"no such config field ({where}){hint}")
-  if isinstance(node[last], ml_collections.ConfigDict):
-    raise ConfigError(key, f"is a block, not a field ({where}); set its fields, e.g. {key}.<field>")
-  try:
-    node[last] = value
-  except TypeError as e:
-    raise ConfigError(key, f"bad value {value!r} ({where}): {e}") from None
-
-
-def sweep_config(arg: str | None, *, name: str, shared: Mapping[str, Any],
-                 scheme: str = "sinusoidal", seeds: int = 1, schemes: str = "",
-                 tasks: str = "", learning_rates: str = "",
-                 configs: str = "configs") -> ml_collections.ConfigDict:
-  """A sweep's base config: ``configs/<scheme>.py:<arg>`` + ``shared`` + a ``sweep`` block.
-
-  Args:
-    arg: the preset (``None``: default).
-    name: the sweep's name; the default root is ``runs/sweeps/<name>-<preset>``.
-    shared: flat overrides applied to every point (again after a scheme swap).
-    scheme: the scheme of the base config (points normally set their own).
-    seeds: seeds ``0..seeds-1`` per point; ``--config.sweep.seeds=N`` changes it.
-    schemes, tasks: comma-separated filters ("" = all that apply), overridable likewise.
-    learning_rates: comma-separated values for a learning-rate axis ("" = no axis: the
-      config's own ``train.learning_rate``).
-    configs: the package of the per-scheme config files a ``scheme`` point loads
-      (``configs``; ``configs.lm`` for language modelling).
-  """
-  from configs import base
-  preset = arg or "default"
-  if preset not in base.PRESETS:
-    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(base.PRESETS)} "
-                     f"(e.g. --config=configs/sweeps/{name}.py:smoke)")
-  c = scheme_config(scheme, preset, configs)
-  for key, value in shared.items():
-    set_field(c, key, value, where=f"sweep {name!r} shared settings")
-  c.workdir = os.path.join("runs", "sweeps", f"{name}-{preset}")
-  c.sweep = ml_collections.ConfigDict({
-      "name": name, "seeds": seeds, "schemes": schemes, "tasks": tasks,
-      "learning_rates": learning_rates, "configs": configs,
-      "shared": _unflatten(dict(shared))})
-  return c
-
-
-def selected(field: str, value: str, available: Sequence[str], everything: Sequence[str],
-             why: str) -> list[str]:
-  """Parses a comma-separated filter against ``available`` (``""``: all of them).
-
-  The result keeps ``available``'s order whatever the filter's, so a point's index does not
-  depend on how the filter was typed.
-  """
-  if not value.strip():
-    return list(available)
-  chosen = set()
-  for item in (v.strip() for v in value.split(",")):
-    if not item:
-      continue
-    if item not in everything:
-      raise ConfigError(field, f"unknown {item!r}; choose from: {', '.join(everything)}")
-    if item not in available:
-      raise ConfigError(field, f"{item!r} {why}; this sweep takes: {', '.join(available)}")
-    chosen.add(item)
-  return [a for a in available if a in chosen]
-
-
-def schemes_for(mode: str, config: ml_collections.ConfigDict) -> list[str]:
-  """Every scheme valid in ``mode`` ("encoder" or "decoder"), discovered, then filtered."""
-  everything = encodings.names()
-  valid = [n for n in everything if mode in encodings.get(n).MODES]
-  return selected("config.sweep.schemes", config.sweep.schemes, valid, everything,
-                  f"is not valid in an {mode}")
-
-
-def tasks_of_levels(config: ml_collections.ConfigDict, levels: Sequence[str],
-                    what: str = "a Chomsky-hierarchy task") -> list[str]:
-  """The tasks whose ``level`` is in ``levels``, discovered, then filtered by ``sweep.tasks``."""
-  reg = tasks.registry()
-  valid = [n for n in sorted(reg) if reg[n].level in levels]
-  return selected("config.sweep.tasks", config.sweep.tasks, valid, sorted(reg), f"is not {what}")
-
-
-def chomsky_tasks(config: ml_collections.ConfigDict) -> list[str]:
-  """The Chomsky-hierarchy tasks (levels R, DCF, CS), discovered, then filtered."""
-  return tasks_of_levels(config, CHOMSKY_LEVELS)
-
-
-def lm_task() -> str | None:
-  """The language-modelling task's name, or None while it has not landed."""
-  known = tasks.names()
-  return next((n for n in LM_TASK_NAMES if n in known), None)
-
-
-def learning_rates(config: ml_collections.ConfigDict) -> list[float]:
-  """``config.sweep.learning_rates`` parsed ("" gives [], i.e. no learning-rate axis)."""
-  out = []
-  for item in (v.strip() for v in config.sweep.learning_rates.split(",")):
-    if item:
-      try:
-        out.append(float(item))
-      except ValueError:
-        raise ConfigError("config.sweep.learning_rates",
-                          f"{item!r} is not a number; give e.g. 1e-4,3e-4") from None
-  return out
-
-
-def grid(axes: Mapping[str, Iterable[Any]],
-         first: Sequence[str] = (SCHEME_KEY, "task.name")) -> list[dict[str, Any]]:
-  """The product of ``axes``, the *last* axis varying fastest; keys may be dotted.
-
-  With axes ``{"seed": [0, 1], "task.name": [...], "scheme": [...]}`` every scheme on the first
-  task with seed 0 comes first, so a sweep stopped early has already covered a full table. The
-  keys of each point are put in reading order: ``first``, then the rest.
-  """
-  keys = list(axes)
-  out = []
-  for values in itertools.product(*(list(v) for v in axes.values())):
-    point = dict(zip(keys, values))
-    out.append({**{k: point[k] for k in first if k in point},
-                **{k: v for k, v in point.items() if k not in first}})
-  return out
+from posenc.sweeps import SCHEME_KEY, Point, flatten, set_field
 
 
 # ----------------------------------------------------------------------------- resolving points

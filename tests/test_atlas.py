@@ -82,6 +82,23 @@ def test_atlas_filters_narrow_both_forms():
     m.get_config("paper")
 
 
+def test_every_committed_atlas_point_is_a_finished_point_of_the_atlas_sweep():
+  """The atlas in git stays done: each committed folder is a point whose results carry its hash."""
+  listed = subprocess.run(["git", "ls-files", "experiments/atlas"], cwd=ROOT, capture_output=True,
+                          text=True)
+  if listed.returncode != 0:
+    pytest.skip(f"git ls-files unavailable: {listed.stderr.strip()}")
+  committed = sorted({p.split("/")[2] for p in listed.stdout.split()
+                      if p.count("/") == 3 and p.endswith("/results.json")})
+  assert len(committed) >= 6
+  m = _module()
+  config = m.get_config()
+  config.workdir = ATLAS_DIR  # the root is no part of a point's config hash
+  points = {os.path.basename(c.workdir): c for _, c in sweeping.resolve_all(m, config)}
+  assert [name for name in committed if name not in points] == []
+  assert [name for name in committed if not sweeping.finished(points[name])] == []
+
+
 # ----------------------------------------------------------------------------- hand-made runs
 
 
@@ -280,6 +297,23 @@ def test_committed_points_are_finished_without_checkpoints_or_done(tmp_path):
   with open(os.path.join(stale_cfg.workdir, "DONE"), "w") as f:
     f.write(train.config_hash(stale_cfg) + "\n")
   assert sweeping.finished(stale_cfg)
+
+
+def test_sweep_list_reports_committed_points_done_and_runs_nothing(tmp_path):
+  (_, committed_cfg), _ = _point(tmp_path)
+  _commit(committed_cfg)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([os.sys.executable, "-m", "experiments.sweep",
+                        "--config=configs/sweeps/atlas.py:smoke", f"--root={tmp_path}", "--list",
+                        "--config.sweep.schemes=rope", "--config.sweep.tasks=parity_check"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines() == [
+      f"0 done scheme=rope task.name=parity_check seed=0 -> {tmp_path}/rope-parity_check-seed0",
+      "1 todo scheme=rope task.name=parity_check seed=0 positions.kind=randomized -> "
+      f"{tmp_path}/rope-parity_check-kindrandomized-seed0",
+      "1 of 2 points finished"]
+  assert sorted(os.listdir(tmp_path)) == ["rope-parity_check-seed0"]
 
 
 def test_sweep_skips_committed_points_and_prunes_finished_ones(tmp_path, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import ast
+import glob
 import os
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from experiments import collect, sweeping
-from posenc import encodings, tasks, train
+from posenc import encodings, sweeps, tasks, train
 from posenc.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +88,56 @@ def test_filters_narrow_the_sweep_and_reject_unknown_or_invalid():
     m.get_sweep(c)
 
 
+def _imports(path):
+  """Every module a Python file imports (at any depth: lazy imports in functions too)."""
+  with open(path) as f:
+    tree = ast.parse(f.read(), path)
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      out.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+      out.add(node.module)
+  return out
+
+
+def test_layers_sweep_files_and_configs_never_import_experiments(tmp_path):
+  """configs are data the experiments layer reads; posenc sits below both."""
+  config_files = glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True)
+  sweep_files = glob.glob(os.path.join(ROOT, "configs", "sweeps", "*.py"))
+  assert {CHOMSKY, DECODER, LM} <= set(sweep_files) and len(sweep_files) >= 5
+  upward = {p: sorted(m for m in _imports(p) if m.split(".")[0] == "experiments")
+            for p in config_files}
+  assert {p: m for p, m in upward.items() if m} == {}
+  library = glob.glob(os.path.join(ROOT, "posenc", "**", "*.py"), recursive=True)
+  upward = {p: sorted(m for m in _imports(p) if m.split(".")[0] in ("experiments", "configs"))
+            for p in library}
+  assert {p: m for p, m in upward.items() if m} == {}
+  # The check itself sees an upward import, lazy or not.
+  lazy = tmp_path / "lazy.py"
+  lazy.write_text("import os\n\ndef f():\n  from experiments.sweeping import grid\n")
+  assert _imports(str(lazy)) == {"os", "experiments.sweeping"}
+
+
+def test_the_documented_example_sweep_file_runs(tmp_path):
+  """configs/sweeps/__init__.py's example, as a file: every encoder scheme × R tasks × 3 seeds."""
+  import configs.sweeps
+  doc = configs.sweeps.__doc__
+  example = doc.split("at 500 steps::\n", 1)[1].split("\nHow a point", 1)[0]
+  path = tmp_path / "regular.py"
+  path.write_text(textwrap.dedent(example))
+  m = sweeping.load_module(str(path))
+  c = m.get_config("smoke")
+  resolved = sweeping.resolve_all(m, c)
+  assert len(resolved) == len(_valid("encoder")) * len(_tasks(("R",))) * 3
+  assert {cfg.train.steps for _, cfg in resolved} == {500}
+  assert [p["seed"] for p, _ in resolved] == sorted(p["seed"] for p, _ in resolved)
+  assert os.path.dirname(resolved[0][1].workdir) == os.path.join("runs", "sweeps", "regular-smoke")
+  c.sweep.tasks = "reverse_string"
+  with pytest.raises(ConfigError, match=r"config\.sweep\.tasks.*'reverse_string' is not a regular task"):
+    m.get_sweep(c)
+
+
 def test_scheme_swap_equals_the_scheme_config_plus_shared_settings_plus_point():
   m = _module(CHOMSKY)
   base = m.get_config()  # default preset: shared settings change steps, eval, ...
@@ -108,10 +160,10 @@ def test_scheme_swap_equals_the_scheme_config_plus_shared_settings_plus_point():
 def _sweep_file(tmp_path, points, name="bad"):
   path = tmp_path / f"{name}.py"
   path.write_text(textwrap.dedent(f"""
-      from experiments import sweeping
+      from configs.sweeps import sweep_config
 
       def get_config(arg=None):
-        return sweeping.sweep_config(arg, name={name!r}, shared={{"train.steps": 3}})
+        return sweep_config(arg, name={name!r}, shared={{"train.steps": 3}})
 
       def get_sweep(config):
         return {points!r}
@@ -172,13 +224,13 @@ def test_lm_sweep_or_a_clear_error_until_its_task_lands():
   m = _module(LM)
   c = m.get_config("smoke")
   assert c.model.causal is True
-  if sweeping.lm_task() is None:
+  if sweeps.lm_task() is None:
     with pytest.raises(ConfigError, match="language-modelling task has not landed"):
       m.get_sweep(c)
     return
   resolved = sweeping.resolve_all(m, c)
   assert sorted(p["scheme"] for p, _ in resolved) == _valid("decoder")
-  assert all(cfg.task.name == sweeping.lm_task() and cfg.model.causal for _, cfg in resolved)
+  assert all(cfg.task.name == sweeps.lm_task() and cfg.model.causal for _, cfg in resolved)
   # Fixed-size tables are made long enough for the longest evaluated length, so setup accepts them.
   learned = next(cfg for p, cfg in resolved if p["scheme"] == "learned")
   assert os.path.basename(learned.workdir).startswith("learned-lm-max_len")

@@ -27,7 +27,10 @@ early has a whole table of seed 0:
   by greedy exact match (``eval.greedy``: the whole answer decoded right).
 
 ``--config.sweep.schemes`` / ``--config.sweep.tasks`` narrow both forms (a filter naming only
-encoder tasks leaves the decoder form empty, and the other way round).
+encoder tasks leaves the decoder form empty, and the other way round). Not one grid but two
+forms with their own task lists and extra keys, so ``get_sweep`` writes its loops out, with the
+discovery and filter helpers of ``posenc.sweeps`` (format of a sweep file:
+``configs/sweeps/__init__.py``).
 
 Protocol (default preset), one per form; every other field is ``configs/base.py``'s default
 preset (2 layers, d = 64, 4 heads, FFN 128, no dropout, Adam with clipping at 1):
@@ -77,7 +80,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments import sweeping
+from configs.sweeps import sweep_config
+from posenc import sweeps
 from posenc.errors import ConfigError
 
 # Two tasks per Chomsky level: R, DCF, CS (Delétang et al. 2023, Table 2's rows).
@@ -113,8 +117,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if preset not in _SHARED:
     raise ValueError(f"the atlas has one protocol (default) and a smoke preset for tests; "
                      f"got {preset!r} (use configs/sweeps/chomsky.py:paper for the paper's)")
-  c = sweeping.sweep_config(arg, name="atlas", shared=_SHARED[preset], seeds=2 if preset ==
-                            "default" else 1)
+  c = sweep_config(arg, name="atlas", shared=_SHARED[preset],
+                   seeds=2 if preset == "default" else 1)
   c.workdir = "experiments/atlas" if preset == "default" else c.workdir
   c.sweep.prune_finished = True  # keep results.json / config.json / DONE, not checkpoints
   return c
@@ -123,23 +127,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def _form_tasks(config: ml_collections.ConfigDict, wanted: tuple[str, ...],
                 levels: tuple[str, ...]) -> list[str]:
   """``wanted`` (in that order) that ``sweep.tasks`` keeps; unknown filter names are errors."""
-  available = sweeping.tasks_of_levels(
-      ml_collections.ConfigDict({"sweep": {"tasks": ""}}), levels)
+  available = sweeps.tasks_at(levels)
   every = sorted(set(ENCODER_TASKS) | set(DECODER_TASKS))
-  chosen = sweeping.selected("config.sweep.tasks", config.sweep.tasks, every, every,
-                             "is not an atlas task")
+  chosen = sweeps.selected("config.sweep.tasks", config.sweep.tasks, every, every,
+                           "is not an atlas task")
   return [t for t in wanted if t in chosen and t in available]
 
 
 def get_sweep(config: ml_collections.ConfigDict) -> list[dict]:
-  filters = ml_collections.ConfigDict({"sweep": {"schemes": ""}})
-  enc_schemes = sweeping.schemes_for("encoder", filters)
-  dec_schemes = sweeping.schemes_for("decoder", filters)
+  enc_schemes, dec_schemes = sweeps.schemes("encoder"), sweeps.schemes("decoder")
   every = sorted(set(enc_schemes) | set(dec_schemes))
-  chosen = set(sweeping.selected("config.sweep.schemes", config.sweep.schemes, every, every,
-                                 "is not valid in an encoder or a decoder"))
-  enc_tasks = _form_tasks(config, ENCODER_TASKS, sweeping.CHOMSKY_LEVELS)
-  dec_tasks = _form_tasks(config, DECODER_TASKS, (*sweeping.CHOMSKY_LEVELS, "decoder"))
+  chosen = set(sweeps.selected("config.sweep.schemes", config.sweep.schemes, every, every,
+                               "is not valid in an encoder or a decoder"))
+  enc_tasks = _form_tasks(config, ENCODER_TASKS, sweeps.CHOMSKY_LEVELS)
+  dec_tasks = _form_tasks(config, DECODER_TASKS, (*sweeps.CHOMSKY_LEVELS, "decoder"))
   points = []
   for seed in range(config.sweep.seeds):
     for task in enc_tasks:

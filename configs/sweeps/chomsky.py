@@ -17,13 +17,20 @@ Presets:
 * ``paper``: the published protocol (``configs/base.py``'s ``paper``: lengths 1–40, 1M steps,
   evaluation at every length up to 500), 10 seeds × learning rates {1e-4, 3e-4, 5e-4}; for
   accelerators, through a job array (see ``scripts/slurm_sweep.sh``).
+
+The simplest sweep file, a template for new ones: ``get_config`` is the base config
+(``configs.sweeps.sweep_config``: a preset's shared settings, seeds, the learning-rate axis),
+``get_sweep`` the grid seed × [learning rate] × task × scheme, built from what ``posenc.sweeps``
+discovers (format: ``configs/sweeps/__init__.py``). Nothing here imports ``experiments``, which
+only reads the file.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from experiments import sweeping
+from configs.sweeps import sweep_config
+from posenc import sweeps
 
 _SHARED = {
     "smoke": {"model.causal": False},
@@ -38,15 +45,14 @@ _LEARNING_RATES = {"smoke": "", "default": "", "paper": "1e-4,3e-4,5e-4"}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = arg or "default"
-  return sweeping.sweep_config(arg, name="chomsky", shared=_SHARED.get(preset, {}),
-                               seeds=_SEEDS.get(preset, 1),
-                               learning_rates=_LEARNING_RATES.get(preset, ""))
+  return sweep_config(arg, name="chomsky", shared=_SHARED.get(preset, {}),
+                      seeds=_SEEDS.get(preset, 1), learning_rates=_LEARNING_RATES.get(preset, ""))
 
 
 def get_sweep(config: ml_collections.ConfigDict) -> list[dict]:
   axes = {"seed": range(config.sweep.seeds)}
-  if sweeping.learning_rates(config):
-    axes["train.learning_rate"] = sweeping.learning_rates(config)
-  axes["task.name"] = sweeping.chomsky_tasks(config)
-  axes["scheme"] = sweeping.schemes_for("encoder", config)
-  return sweeping.grid(axes)
+  if sweeps.learning_rates(config):
+    axes["train.learning_rate"] = sweeps.learning_rates(config)
+  axes["task.name"] = sweeps.chomsky_tasks(config)
+  axes["scheme"] = sweeps.schemes_for("encoder", config)
+  return sweeps.grid(axes)

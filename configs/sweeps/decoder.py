@@ -14,13 +14,16 @@ Presets:
   to 40 with 64 samples per length, 2 seeds.
 * ``paper``: train 1–20, test to 40, on ``configs/base.py``'s ``paper`` model and optimizer,
   10 seeds.
+
+Same shape as ``chomsky.py`` (format: ``configs/sweeps/__init__.py``).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from experiments import sweeping
+from configs.sweeps import sweep_config
+from posenc import sweeps
 
 _SHARED = {
     "smoke": {"model.causal": True},
@@ -35,15 +38,15 @@ _SEEDS = {"smoke": 1, "default": 2, "paper": 10}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = arg or "default"
-  return sweeping.sweep_config(arg, name="decoder", shared=_SHARED.get(preset, {}),
-                               seeds=_SEEDS.get(preset, 1))
+  return sweep_config(arg, name="decoder", shared=_SHARED.get(preset, {}),
+                      seeds=_SEEDS.get(preset, 1))
 
 
 def get_sweep(config: ml_collections.ConfigDict) -> list[dict]:
   axes = {"seed": range(config.sweep.seeds)}
-  if sweeping.learning_rates(config):
-    axes["train.learning_rate"] = sweeping.learning_rates(config)
-  axes["task.name"] = sweeping.tasks_of_levels(config, (*sweeping.CHOMSKY_LEVELS, "decoder"),
-                                               "a Chomsky-hierarchy or decoder task")
-  axes["scheme"] = sweeping.schemes_for("decoder", config)
-  return sweeping.grid(axes)
+  if sweeps.learning_rates(config):
+    axes["train.learning_rate"] = sweeps.learning_rates(config)
+  axes["task.name"] = sweeps.tasks_of_levels(config, (*sweeps.CHOMSKY_LEVELS, "decoder"),
+                                            "a Chomsky-hierarchy or decoder task")
+  axes["scheme"] = sweeps.schemes_for("decoder", config)
+  return sweeps.grid(axes)

@@ -10,8 +10,11 @@ Fixed-size position tables that refuse longer inputs (schemes with both ``max_le
 length, so their points run; rows past ``L`` are never trained, which is what such a model
 meets when read beyond its training length.
 
-Until the task exists (``posenc.tasks`` has none of ``experiments.sweeping.LM_TASK_NAMES``),
+Until the task exists (``posenc.tasks`` has none of ``posenc.sweeps.LM_TASK_NAMES``),
 ``get_sweep`` raises a ConfigError saying so.
+
+Format of a sweep file: ``configs/sweeps/__init__.py``; this one adds a per-scheme key to the
+grid's points (``encoding.max_len``, where the scheme has it).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import importlib.util
 
 import ml_collections
 
-from experiments import sweeping
-from posenc import encodings
+from configs.sweeps import sweep_config
+from posenc import encodings, sweeps
 from posenc.errors import ConfigError
 
 _SEEDS = {"smoke": 1, "default": 2, "paper": 3}
@@ -29,26 +32,25 @@ _SEEDS = {"smoke": 1, "default": 2, "paper": 3}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = arg or "default"
-  if sweeping.lm_task() and importlib.util.find_spec("configs.lm") is not None:
-    return sweeping.sweep_config(arg, name="lm", configs="configs.lm", shared={},
-                                 seeds=_SEEDS.get(preset, 1))
+  if sweeps.lm_task() and importlib.util.find_spec("configs.lm") is not None:
+    return sweep_config(arg, name="lm", configs="configs.lm", shared={},
+                        seeds=_SEEDS.get(preset, 1))
   # The task has not landed: a causal base config, so that the sweep can still be inspected.
-  return sweeping.sweep_config(arg, name="lm", shared={"model.causal": True},
-                               seeds=_SEEDS.get(preset, 1))
+  return sweep_config(arg, name="lm", shared={"model.causal": True}, seeds=_SEEDS.get(preset, 1))
 
 
 def get_sweep(config: ml_collections.ConfigDict) -> list[dict]:
-  task = sweeping.lm_task()
+  task = sweeps.lm_task()
   if task is None:
     raise ConfigError("configs/sweeps/lm.py", "the language-modelling task has not landed yet: "
-                      f"posenc.tasks has none of {', '.join(sweeping.LM_TASK_NAMES)}; "
+                      f"posenc.tasks has none of {', '.join(sweeps.LM_TASK_NAMES)}; "
                       "use configs/sweeps/chomsky.py or decoder.py meanwhile")
   axes = {"seed": range(config.sweep.seeds)}
-  if sweeping.learning_rates(config):
-    axes["train.learning_rate"] = sweeping.learning_rates(config)
+  if sweeps.learning_rates(config):
+    axes["train.learning_rate"] = sweeps.learning_rates(config)
   axes["task.name"] = [task]
-  axes["scheme"] = sweeping.schemes_for("decoder", config)
-  points = sweeping.grid(axes)
+  axes["scheme"] = sweeps.schemes_for("decoder", config)
+  points = sweeps.grid(axes)
   longest = _longest_eval_length(config)
   for point in points:
     if {"max_len", "fallback"} <= set(encodings.get(point["scheme"]).options()):
