@@ -1,24 +1,37 @@
 """Train short, test long: one run from a config to ``results.json``.
 
-Everything is derived from ``config.seed`` through one rng tree:
+Everything is derived from ``config.seed`` through one rng tree (:mod:`posenc.seeds`):
 ``fold_in(key, step)`` for step ``step`` (so a resumed run sees the same data,
 positions and dropout as an uninterrupted one) and ``fold_in(eval_key, length)``
 for evaluation. No numpy or Python randomness touches training.
 
 The whole step — sampling the batch on the device, forward, backward, optax
-update — is one jitted program with the state donated. Evaluation compiles one
-program per length bucket.
+update — is one jitted program with the state donated (one per bucket of training lengths
+with ``train.num_buckets > 1``). Evaluation compiles one program per length bucket.
+
+:func:`train_and_evaluate` is the run, one named step after another. This module holds the
+training state, the optimizer, the step and the loop; the other steps live in the room of
+their job:
+
+* :mod:`posenc.setup`: the config validated into the run's shapes (``setup``, ``Setup``,
+  ``config_hash``, ``check_workdir``);
+* :mod:`posenc.seeds`: the rng tree and several seeds in one program (``root_keys``,
+  ``seed_loop``, ``seeded``, ``data_mesh``);
+* :mod:`posenc.checkpoints`: the checkpoint manager, resuming with a fallback, warm starts;
+* :mod:`posenc.evaluation`: the length sweep (``evaluate``, its programs, passes, caches,
+  ``encoding_report``);
+* :mod:`posenc.results`: ``results.json``, plots and ``DONE``;
+* :mod:`posenc.errors`: ``TrainingDiverged`` and the one-line message of a failed program.
+
+The names this module held before it was split stay reachable as ``posenc.train.<name>``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import math
 import os
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,24 +40,28 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from posenc import checkpoints
 from posenc import data as data_lib
-from posenc import decoding
-from posenc import encodings, parallel, positions as positions_lib, reporting, tasks
-from posenc.encodings.base import Dims
-from posenc.checkpoints import (check_checkpoint_fits, checkpoint_manager, load_params,  # noqa: F401
-                                restore_latest, warm_start)
-from posenc.evaluation import (EVAL_PASS_TOKENS, EvalProgram, encoding_report,  # noqa: F401
-                               eval_cache, eval_micro_batch, evaluate, evaluation_programs,
-                               over_micro_batches)
-from posenc.errors import (ConfigError, SchemeRuntimeError, TrainingDiverged,  # noqa: F401
-                           runtime_error_message)
-from posenc.model import ModelConfig, Transformer
-from posenc.seeds import SEED_LOOPS, data_mesh, root_keys, seed_loop, seeded
-from posenc.setup import (Setup, _config_diff, check_workdir, config_hash,  # noqa: F401
-                          diagnostics, setup)
+from posenc import encodings, parallel, positions as positions_lib, reporting
+from posenc import results as results_lib
+from posenc.checkpoints import checkpoint_manager, restore_latest, warm_start
+from posenc.errors import ConfigError, TrainingDiverged, runtime_error_message
+from posenc.evaluation import encoding_report, evaluate
+from posenc.seeds import data_mesh, root_keys, seed_loop, seeded
+from posenc.setup import Setup, check_workdir, diagnostics, setup
+
+# Reachable as posenc.train.<name>, where code and tests found them before the split.
+from posenc.checkpoints import check_checkpoint_fits, load_params  # noqa: F401
+from posenc.errors import SchemeRuntimeError  # noqa: F401
+from posenc.evaluation import (EVAL_PASS_TOKENS, EvalProgram, eval_cache,  # noqa: F401
+                               eval_micro_batch, evaluation_programs, over_micro_batches)
+from posenc.model import Transformer  # noqa: F401
+from posenc.results import summarize  # noqa: F401
+from posenc.seeds import SEED_LOOPS  # noqa: F401
+from posenc.setup import _config_diff, config_hash  # noqa: F401
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- the state
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -69,6 +86,44 @@ def init_state(s: Setup, key: jax.Array) -> dict:
   params = variables["params"]
   return {"params": params, "opt_state": make_optimizer(s.config).init(params),
           "step": jnp.zeros((), jnp.int32)}
+
+
+def initial_state(s: Setup, key: jax.Array) -> dict:
+  """:func:`init_state` of every seed (``key``: ``root_keys``' ``"init"``). A scheme failing here
+  (pure compute: nothing is written yet) is refused as a ConfigError naming the scheme."""
+  config = s.config
+  try:
+    return seeded(lambda k: init_state(s, k), config.num_seeds, seed_loop(config))(key)
+  except Exception as e:  # noqa: BLE001 — only a compiled program's runtime failure is translated
+    msg = runtime_error_message(e)
+    if msg is None:
+      raise
+    raise ConfigError("config.encoding", f"the {config.encoding.name} scheme failed while "
+                      f"initialising the model: {msg}") from None
+
+
+def resume(s: Setup, state: dict, found: checkpoints.Start, log: Callable[[str], None]
+           ) -> tuple[dict, int, ocp.CheckpointManager]:
+  """``(state, start step, checkpoint manager)``: the workdir's newest readable checkpoint
+  (:func:`posenc.checkpoints.restore_latest`), else the warm-start parameters of ``found`` with
+  a fresh optimizer state, else ``state`` as initialised (step 0)."""
+  config = s.config
+  mngr = found.manager or checkpoint_manager(s)
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+  restored, start = restore_latest(mngr, abstract)
+  if restored is not None:
+    state = restored
+    log(f"resumed from checkpoint at step {start}")
+  elif found.source is not None:
+    params, copied, fresh = warm_start(state["params"], found.source, config.init.from_workdir)
+    opt_init = seeded(make_optimizer(config).init, config.num_seeds, seed_loop(config))
+    state = {**state, "params": params, "opt_state": opt_init(params)}
+    log(f"warm start: {len(copied)} parameter arrays from {config.init.from_workdir} "
+        f"(step {found.source_step}); {len(fresh)} fresh" + (f": {', '.join(fresh[:6])}" if fresh else ""))
+  return state, start, mngr
+
+
+# ----------------------------------------------------------------------------- the step
 
 
 def step_keys(key: jax.Array, step) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -187,110 +242,66 @@ def make_train_step(s: Setup, bucket: int | None = None) -> Callable:
   return step_fn
 
 
-# ----------------------------------------------------------------------------- evaluation
+
+@dataclasses.dataclass
+class StepPrograms:
+  """A run's jitted training programs, from its start step on.
+
+  ``buckets`` maps a bucket of training lengths (an index into ``Setup.train_buckets()``) to
+  its program and ``schedule`` holds each step's length index (:func:`length_schedule`); with
+  one program, which draws every step's length itself, they are empty and None.
+  """
+
+  run: Callable  # run(state, key, step) -> (state, metrics): the program of 0-based step `step`
+  buckets: dict[int, Callable]
+  schedule: np.ndarray | None
+  padded: list[int]  # the padded length of each program of `buckets`, in order
+
+  def compile(self, state: dict, key: jax.Array) -> None:
+    """Compiles every bucket's program before the first step (side by side)."""
+    if self.buckets:
+      compile_programs([lambda fn=fn: fn.lower(state, key, self.schedule[0])
+                        for fn in self.buckets.values()])
+
+  def compiled_line(self, compile_s: float) -> str:
+    if self.buckets:
+      pads = ", ".join(str(p) for p in self.padded)
+      return (f"compiled {len(self.buckets)} training programs (one per bucket of lengths, "
+              f"padded to {pads}) in {compile_s:.1f}s")
+    return f"compiled the training step in {compile_s:.1f}s"
 
 
-def _nanmean(values) -> float:
-  """Mean over the finite values; NaN (without numpy's warning) when there are none."""
-  finite = [v for v in values if not math.isnan(v)]
-  return float(np.mean(finite)) if finite else float("nan")
-
-
-def summarize(s: Setup, per_length: dict[int, float]) -> dict:
-  lo, hi = s.config.task.train_min_length, s.config.task.train_max_length
-
-  def mean(sel):
-    vals = [v for l, v in per_length.items() if sel(l) and not math.isnan(v)]
-    return float(np.mean(vals)) if vals else None
-
-  return {"in_range_score": mean(lambda l: lo <= l <= hi),
-          "out_of_range_score": mean(lambda l: l > hi)}
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str], None] = print) -> dict:
-  """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results."""
-  s = setup(config)
-  check_workdir(s)
-  wd = s.workdir
-  writer_process = jax.process_index() == 0
-  done_path = os.path.join(wd, "DONE")
-  results_path = os.path.join(wd, "results.json")
-  if os.path.exists(done_path) and os.path.exists(results_path):
-    with open(done_path) as f:
-      done_hash = f.read().strip()
-    if done_hash == s.config_hash:  # the same run finished: nothing to redo
-      with open(results_path) as f:
-        results = json.load(f)
-      log(f"{wd}: already complete (DONE exists); results in {results_path}")
-      return results
-  # Everything that can refuse this run is checked before anything is written.
+def step_programs(s: Setup, key: jax.Array, start: int) -> StepPrograms:
+  """The training programs of steps ``start..train.steps-1`` (``key``: the training key),
+  jitted with the state donated and over the run's seeds; not yet compiled."""
+  config = s.config
   S = config.num_seeds
-  keys = root_keys(config.seed, S)
   mesh = data_mesh(config)
-  try:  # the model's initial state (pure compute, so a scheme that fails here writes nothing)
-    state = seeded(lambda k: init_state(s, k), S, seed_loop(config))(keys["init"])
-  except Exception as e:  # noqa: BLE001 — only a compiled program's runtime failure is translated
-    msg = runtime_error_message(e)
-    if msg is None:
-      raise
-    raise ConfigError("config.encoding", f"the {config.encoding.name} scheme failed while "
-                      f"initialising the model: {msg}") from None
-  mngr = checkpoint_manager(s) if os.path.isdir(os.path.join(wd, "checkpoints")) else None
-  has_own = mngr is not None and bool(mngr.all_steps())
-  if has_own:
-    check_checkpoint_fits(mngr, state["params"], wd)
-  source = None
-  if config.init.from_workdir and not has_own:
-    source, src_step = load_params(config.init.from_workdir, config.init.step)
-    warm_start(state["params"], source, config.init.from_workdir, check_only=True)
-
-  try:
-    os.makedirs(wd, exist_ok=True)
-    if writer_process:
-      reporting.atomic_write_json(os.path.join(wd, "config.json"), config.to_dict())
-  except OSError as e:  # e.g. a read-only file system, where os.access cannot tell (root)
-    raise ConfigError("--workdir", f"cannot write {wd!r} ({e.strerror or e}); "
-                      "choose a writable --workdir") from None
-  log(f"run: {config.encoding.name} on {config.task.name} ({config.preset} preset, seed {config.seed}) "
-      f"-> {wd}")
-
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"]))
-  mngr = mngr or checkpoint_manager(s)
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-  restored, start = restore_latest(mngr, abstract)
-  if restored is not None:
-    state = restored
-    log(f"resumed from checkpoint at step {start}")
-  elif source is not None:
-    params, copied, fresh = warm_start(state["params"], source, config.init.from_workdir)
-    state = {**state, "params": params, "opt_state": seeded(make_optimizer(config).init, S, seed_loop(config))(params)}
-    log(f"warm start: {len(copied)} parameter arrays from {config.init.from_workdir} "
-        f"(step {src_step}); {len(fresh)} fresh" + (f": {', '.join(fresh[:6])}" if fresh else ""))
-  log(f"model: {config.model.num_layers} layers, d={config.model.d_model}, {n_params:,} parameters; "
-      f"train lengths {s.train_lengths[0]}–{s.train_lengths[-1]} padded to {s.train_padded}")
-
-  total = config.train.steps
-  writer = reporting.MetricsWriter(wd, enabled=writer_process, resume_step=start)
-  progress = reporting.Progress(total, start)
-  if mesh.size > 1:  # parameters and optimizer state replicated; the batch is split in the step
-    state = jax.device_put(state, parallel.replicated(mesh))
   rep = parallel.replicated(mesh)
   jit_step = lambda fn: jax.jit(seeded(fn, S, seed_loop(config)), donate_argnums=0,
                                 out_shardings=(rep, rep) if mesh.size > 1 else None)
   plan = s.train_buckets()
   if len(plan) == 1:  # one program; it draws each step's length itself
-    step_fn = jit_step(make_train_step(s))
-    bucket_fns = {}
-  else:  # a program per bucket of lengths, picked by the host from the length schedule
-    schedule = length_schedule(keys["train"], start, total, len(s.train_lengths))
-    bucket_of = np.repeat(np.arange(len(plan)), [len(g) for g, _ in plan])[schedule]
-    step_bucket = bucket_of if S == 1 else bucket_of.max(axis=1, initial=0)
-    bucket_fns = {int(b): jit_step(make_train_step(s, int(b))) for b in np.unique(step_bucket)}
-    step_fn = lambda state, key: bucket_fns[step_bucket[step - start]](
-        state, key, schedule[step - start])
+    one = jit_step(make_train_step(s))
+    return StepPrograms(lambda state, key, step: one(state, key), {}, None, [])
+  # a program per bucket of lengths, picked by the host from the length schedule
+  schedule = length_schedule(key, start, config.train.steps, len(s.train_lengths))
+  bucket_of = np.repeat(np.arange(len(plan)), [len(g) for g, _ in plan])[schedule]
+  step_bucket = bucket_of if S == 1 else bucket_of.max(axis=1, initial=0)
+  bucket_fns = {int(b): jit_step(make_train_step(s, int(b))) for b in np.unique(step_bucket)}
+  run = lambda state, key, step: bucket_fns[step_bucket[step - start]](
+      state, key, schedule[step - start])
+  return StepPrograms(run, bucket_fns, schedule, [plan[b][1] for b in bucket_fns])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def log_parallelism(s: Setup, log: Callable[[str], None]) -> None:
+  """Says how the run uses the devices: data parallelism, and how its seeds share a program."""
+  config = s.config
+  S = config.num_seeds
+  mesh = data_mesh(config)
   if jax.process_count() > 1:
     log(f"data parallel: {jax.process_count()} processes, {jax.device_count()} devices in one mesh")
   elif mesh.size > 1:
@@ -310,6 +321,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
         hint = (f"; {which} would run side by side on this CPU's {cores} cores "
                 "(experiments.run splits the CPU into one device per core)")
       log(f"seeds: {S} in one program ({how}){hint}")
+
+
+def check_diverged(s: Setup, stacked: dict, step: int, kept: str) -> None:
+  """Raises TrainingDiverged when a loss or gradient norm of the steps up to ``step`` (their
+  metrics ``stacked``) is NaN/Inf, with the scheme's own explanation when it has one."""
+  config = s.config
+  if not (np.all(np.isfinite(stacked["loss"])) and np.all(np.isfinite(stacked["grad_norm"]))):
+    bad = step - len(stacked["loss"]) + int(np.argmax(~(np.isfinite(stacked["loss"])
+                                                         & np.isfinite(stacked["grad_norm"])))) + 1
+    cause = encodings.get(config.encoding.name).explain_failure(
+        stacked, config.encoding, s.train_bound())
+    if cause is not None:
+      raise TrainingDiverged(f"training failed at step {bad}: {cause}; {kept}")
+    raise TrainingDiverged(
+        f"training diverged at step {bad}: loss or gradient norm is NaN/Inf; likely cause: "
+        f"learning rate too high (config.train.learning_rate={config.train.learning_rate}) "
+        f"or an unstable scheme setting; {kept}")
+
+
+def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.CheckpointManager,
+                log: Callable[[str], None]) -> tuple[dict, dict]:
+  """Steps ``start+1..train.steps`` (``key``: the training key): metrics every ``log_every``
+  steps (``metrics.jsonl``, the progress line), a checkpoint every ``checkpoint.every_steps``
+  and at the end. Step t+1 is dispatched before step t's metrics are read. Returns the state
+  and ``{"compile_s", "train_s"}``; raises TrainingDiverged (keeping the last checkpoint)."""
+  config = s.config
+  total = config.train.steps
+  writer = reporting.MetricsWriter(s.workdir, enabled=jax.process_index() == 0, resume_step=start)
+  progress = reporting.Progress(total, start)
+  mesh = data_mesh(config)
+  if mesh.size > 1:  # parameters and optimizer state replicated; the batch is split in the step
+    state = jax.device_put(state, parallel.replicated(mesh))
+  programs = step_programs(s, key, start)
+  log_parallelism(s, log)
   pending: list[dict] = []
   t_start = time.perf_counter()
   compile_s = None
@@ -319,40 +364,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
   kept = lambda: (f"the last good checkpoint (step {last_good}) is kept" if last_good
                   else "no checkpoint had been written yet")
   try:
-    if bucket_fns:  # every program the run will use is compiled before the first step
-      compile_programs([lambda fn=fn: fn.lower(state, keys["train"], schedule[0])
-                        for fn in bucket_fns.values()])
+    programs.compile(state, key)  # every program the run will use, before the first step
     while step < total:
       dispatched = step + 1
-      state, metrics = step_fn(state, keys["train"])
+      state, metrics = programs.run(state, key, step)
       step += 1
       pending.append(metrics)
       if compile_s is None:
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - t_start
         progress.started(step)
-        if bucket_fns:
-          pads = ", ".join(str(plan[b][1]) for b in bucket_fns)
-          log(f"compiled {len(bucket_fns)} training programs (one per bucket of lengths, "
-              f"padded to {pads}) in {compile_s:.1f}s")
-        else:
-          log(f"compiled the training step in {compile_s:.1f}s")
+        log(programs.compiled_line(compile_s))
       save_now = step % config.checkpoint.every_steps == 0 or step == total
       if step % config.train.log_every == 0 or save_now:
         stacked = jax.device_get(jax.tree_util.tree_map(lambda *x: jnp.stack(x), *pending))
         pending = []
         synced = step
-        if not (np.all(np.isfinite(stacked["loss"])) and np.all(np.isfinite(stacked["grad_norm"]))):
-          bad = step - len(stacked["loss"]) + int(np.argmax(~(np.isfinite(stacked["loss"])
-                                                               & np.isfinite(stacked["grad_norm"])))) + 1
-          cause = encodings.get(config.encoding.name).explain_failure(
-              stacked, config.encoding, s.train_bound())
-          if cause is not None:
-            raise TrainingDiverged(f"training failed at step {bad}: {cause}; {kept()}")
-          raise TrainingDiverged(
-              f"training diverged at step {bad}: loss or gradient norm is NaN/Inf; likely cause: "
-              f"learning rate too high (config.train.learning_rate={config.train.learning_rate}) "
-              f"or an unstable scheme setting; {kept()}")
+        check_diverged(s, stacked, step, kept())
         summary = {k: float(np.mean(v)) for k, v in stacked.items() if k != "length"}
         summary["mean_length"] = float(np.mean(stacked["length"]))
         writer.write(step, summary)
@@ -374,115 +402,99 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
     raise TrainingDiverged(f"training failed {where}: {msg}; {kept()}") from None
   finally:
     writer.close()
-  train_s = time.perf_counter() - t_start
+  return state, {"compile_s": compile_s, "train_s": time.perf_counter() - t_start}
 
+
+# ----------------------------------------------------------------------------- the run
+
+
+def open_workdir(s: Setup, log: Callable[[str], None]) -> None:
+  """The run's first write: the workdir and its ``config.json`` (process 0)."""
+  config, wd = s.config, s.workdir
+  try:
+    os.makedirs(wd, exist_ok=True)
+    if jax.process_index() == 0:
+      reporting.atomic_write_json(os.path.join(wd, "config.json"), config.to_dict())
+  except OSError as e:  # e.g. a read-only file system, where os.access cannot tell (root)
+    raise ConfigError("--workdir", f"cannot write {wd!r} ({e.strerror or e}); "
+                      "choose a writable --workdir") from None
+  log(f"run: {config.encoding.name} on {config.task.name} ({config.preset} preset, seed {config.seed}) "
+      f"-> {wd}")
+
+
+def evaluate_trained(s: Setup, params, key: jax.Array, log: Callable[[str], None]
+                     ) -> tuple[Any, list | None, dict, float]:
+  """The final evaluation (``key``: the evaluation key): ``(per_length, greedy, extra, eval_s)``.
+
+  ``per_length`` is :func:`posenc.evaluation.evaluate`'s (per seed with several seeds), or
+  the task's own protocol's (language modelling), whose other numbers are ``extra``;
+  ``greedy``: ``[exact match, token accuracy]``, each a list of per-seed ``{length: value}``,
+  when ``eval.greedy`` decodes. A program failing at run time raises TrainingDiverged.
+  """
+  config = s.config
+  S = config.num_seeds
+  total = config.train.steps
   log(f"evaluating lengths {config.eval.min_length}–{config.eval.max_length} "
       f"in {len(s.eval_buckets)} buckets")
   t_eval = time.perf_counter()
+  greedy = None
   try:
     extra = {}
     if hasattr(s.task, "evaluate"):  # a task with its own protocol (language modelling)
-      extra = dict(s.task.evaluate(s, state["params"], keys["eval"], log=log))
+      extra = dict(s.task.evaluate(s, params, key, log=log))
       per_length = extra.pop("per_length")
+    elif config.eval.greedy:
+      per_length, *greedy = evaluate(s, params, key, log=log, num_seeds=S, greedy=True)
+      greedy = [g if S > 1 else [g] for g in greedy]  # [metric][seed] -> per-length dict
     else:
-      greedy = None
-      if config.eval.greedy:
-        per_length, *greedy = evaluate(s, state["params"], keys["eval"], log=log, num_seeds=S,
-                                       greedy=True)
-        greedy = [g if S > 1 else [g] for g in greedy]  # [metric][seed] -> per-length dict
-      else:
-        per_length = evaluate(s, state["params"], keys["eval"], log=log, num_seeds=S)
+      per_length = evaluate(s, params, key, log=log, num_seeds=S)
   except Exception as e:  # noqa: BLE001 — a scheme failing at a longer length (e.g. its solver)
     msg = runtime_error_message(e)
     if msg is None:
       raise
     kept_eval = (f"training finished and its checkpoint (step {total}) is kept: re-evaluate it in "
-                 f"a new --workdir with --config.init.from_workdir={wd} --config.train.steps=0 "
+                 f"a new --workdir with --config.init.from_workdir={s.workdir} --config.train.steps=0 "
                  "and the changed setting") if total else "no training step was run"
     raise TrainingDiverged(f"evaluation failed: {msg}; {kept_eval}") from None
-  eval_s = time.perf_counter() - t_eval
-  reports = encoding_report(s, state["params"], S)  # e.g. FLOATER's trajectory growth
+  return per_length, greedy, extra, time.perf_counter() - t_eval
+
+
+def report_encoding(s: Setup, params, log: Callable[[str], None]) -> list[dict]:
+  """Each seed's :func:`posenc.evaluation.encoding_report` (e.g. FLOATER's trajectory growth),
+  logged."""
+  config = s.config
+  S = config.num_seeds
+  reports = encoding_report(s, params, S)
   for k, r in enumerate(reports if reports[0] else []):
     log(f"{config.encoding.name}" + (f" (seed {config.seed + k})" if S > 1 else "") + ": "
         + ", ".join(f"{name} {value:.4g}" for name, value in r.items()))
-  if hasattr(s.task, "evaluate"):
-    summary = {k: extra.pop(k) for k in ("in_range_score", "out_of_range_score")}
-  per_seed = per_length if S > 1 else [per_length]
+  return reports
 
-  def greedy_of(k):  # seed k's greedy-decoding metrics, or the seeds' mean (k=None)
-    if not config.eval.greedy or hasattr(s.task, "evaluate"):
-      return {}
-    pick = lambda m: greedy[m][k] if k is not None else {
-        l: _nanmean([g[l] for g in greedy[m]]) for l in greedy[m][0]}
-    exact, tokens = pick(0), pick(1)
-    ranges = summarize(s, exact)
-    return {"greedy": {
-        "per_length_exact_match": {str(l): v for l, v in sorted(exact.items())},
-        "per_length_token_accuracy": {str(l): v for l, v in sorted(tokens.items())},
-        "in_range_exact_match": ranges["in_range_score"],
-        "out_of_range_exact_match": ranges["out_of_range_score"]}}
 
-  def results_of(per_length, summary, seed, k=None):
-    return {
-        "scheme": config.encoding.name, "task": config.task.name, "preset": config.preset,
-        "seed": seed, "config_hash": s.config_hash, "steps": total,
-        "train_range": [config.task.train_min_length, config.task.train_max_length],
-        "eval_range": [config.eval.min_length, config.eval.max_length],
-        "per_length": {str(k): v for k, v in sorted(per_length.items())},
-        **summary, "score": summary["out_of_range_score"],
-        "eval_programs": len(s.eval_buckets), "num_params": n_params // S,
-        "timing": {"compile_s": compile_s, "train_s": train_s, "eval_s": eval_s},
-        "mode": "decoder" if s.causal else "encoder", **extra, **greedy_of(k),
-        **({} if not reports[0] else {"encoding_report": reports[k]} if k is not None
-           else {"encoding_report_per_seed": reports}),
-    }
+def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str], None] = print) -> dict:
+  """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results."""
+  s = setup(config)
+  check_workdir(s)
+  done = results_lib.finished(s)
+  if done is not None:  # the same run finished: nothing to redo
+    log(f"{s.workdir}: already complete (DONE exists); results in {results_lib.results_path(s)}")
+    return done
+  # Everything that can refuse this run is checked before anything is written.
+  keys = root_keys(config.seed, config.num_seeds)
+  state = initial_state(s, keys["init"])
+  found = checkpoints.find_start(s, state["params"])
+  open_workdir(s, log)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"]))
+  state, start, mngr = resume(s, state, found, log)
+  log(f"model: {config.model.num_layers} layers, d={config.model.d_model}, {n_params:,} parameters; "
+      f"train lengths {s.train_lengths[0]}–{s.train_lengths[-1]} padded to {s.train_padded}")
 
-  title = f"{config.encoding.name} on {config.task.name}"
-  seed_results = []
-  for k, pl in enumerate(per_seed):
-    seed_results.append(results_of(pl, summary if hasattr(s.task, "evaluate") else summarize(s, pl),
-                                   config.seed + k, k))
-  if S == 1:
-    results = seed_results[0]
-  else:  # one results.json per seed under seeds/, and their aggregate at the top
-    mean_pl = {l: _nanmean([pl[l] for pl in per_seed]) for l in per_seed[0]}
-    results = results_of(mean_pl, summarize(s, mean_pl), config.seed)
-    results["num_seeds"] = S
-    results["seeds"] = [r["seed"] for r in seed_results]
-    for key in ("in_range_score", "out_of_range_score"):
-      vals = [r[key] for r in seed_results if r[key] is not None]
-      results[key + "_per_seed"] = vals
-      if vals:
-        results[key + "_max"] = float(np.max(vals))
-        results[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-  def greedy_curve(r):
-    return {"greedy exact match": r["greedy"]["per_length_exact_match"]} if "greedy" in r else None
-
-  if writer_process:
-    for r in seed_results if S > 1 else []:
-      sub = os.path.join(wd, "seeds", f"seed{r['seed']}")
-      os.makedirs(sub, exist_ok=True)
-      reporting.atomic_write_json(os.path.join(sub, "results.json"), r)
-      reporting.plot_accuracy(os.path.join(sub, "plots", "accuracy.png"), r["per_length"],
-                              tuple(r["train_range"]), f"{title} (seed {r['seed']})",
-                              extra=greedy_curve(r))
-    reporting.atomic_write_json(results_path, results)
-    if hasattr(s.task, "plot"):
-      s.task.plot(results, os.path.join(wd, "plots"), title)
-    else:
-      reporting.plot_accuracy(os.path.join(wd, "plots", "accuracy.png"), results["per_length"],
-                              tuple(results["train_range"]),
-                              title + (f" (mean of {S} seeds)" if S > 1 else ""),
-                              extra=greedy_curve(results))
-    reporting.plot_training(os.path.join(wd, "plots", "training.png"), reporting.read_metrics(wd))
-    reporting.atomic_write_text(done_path, f"{s.config_hash}\n")
-  fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
-  what = "score (bits per byte)" if hasattr(s.task, "evaluate") else "accuracy"
-  if "greedy" in results:
-    g = results["greedy"]
-    log(f"greedy decoding: in-range exact match {fmt(g['in_range_exact_match'])}, beyond "
-        f"training {fmt(g['out_of_range_exact_match'])}")
-  log(f"done: in-range {what} {fmt(results['in_range_score'])}, beyond training "
-      f"{fmt(results['out_of_range_score'])}" + (f" (mean of {S} seeds)" if S > 1 else "")
-      + f"; results in {results_path}")
+  state, timing = train_steps(s, state, keys["train"], start, mngr, log)
+  per_length, greedy, extra, timing["eval_s"] = evaluate_trained(s, state["params"], keys["eval"], log)
+  reports = report_encoding(s, state["params"], log)
+  results, seed_results = results_lib.assemble(s, per_length, greedy, extra, reports,
+                                               n_params=n_params, timing=timing)
+  if jax.process_index() == 0:
+    results_lib.write(s, results, seed_results)
+  results_lib.log_summary(s, results, log)
   return results
