@@ -30,7 +30,7 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
   c.num_seeds = 1
   # How seeds share the program: "vmap" (accelerators), "map" (one after another), "shard"
   # (split over the devices: on a CPU, one device per core), or "auto" (shard on a CPU with
-  # the cores to split over, else by backend); see posenc.train.seed_loop.
+  # the cores to split over, else by backend); see posenc.seeds.seed_loop.
   c.seed_loop = "auto"
   c.workdir = ""  # empty: runs/<scheme>-<task>-<preset>-seed<seed>-<config hash>
 

@@ -27,7 +27,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from posenc.errors import ConfigError
+from posenc.errors import ConfigError, TrainingDiverged
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with a preset: configs/<scheme>.py[:smoke|paper].",
@@ -77,7 +77,8 @@ def main(argv):
   # A check failing inside a compiled step (e.g. FLOATER's ODE solver) is also logged, with a
   # traceback, by JAX's callback machinery; train.py reports the error itself as one line.
   std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
-  from posenc import parallel, train, workdir_lock  # imports JAX; after flag parsing: --help is instant
+  # imports JAX; after flag parsing: --help is instant
+  from posenc import parallel, setup as setup_lib, train, workdir_lock
   distributed = parallel.maybe_initialize_distributed(force=_DISTRIBUTED.value)
 
   try:
@@ -89,14 +90,14 @@ def main(argv):
       parallel.provide_cpu_devices(config.num_seeds)  # seeds side by side on the cores
     # Validate, then lock the workdir for the rest of this process's life (one writer per
     # workdir; multi-host: process 0 locks), then train.
-    s = train.setup(config)
-    train.check_workdir(s)
+    s = setup_lib.setup(config)
+    setup_lib.check_workdir(s)
     with workdir_lock.acquire_on_process_0(s.workdir):
       train.train_and_evaluate(config)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except train.TrainingDiverged as e:
+  except TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
 

@@ -1,14 +1,14 @@
 """A sweep's root kept as data: which points are done, and what a finished point keeps.
 
 A run writes ``results.json`` only after its evaluation has finished, with the hash of its
-config (``posenc.train.config_hash``) inside. So a point whose workdir holds a ``results.json``
+config (``posenc.setup.config_hash``) inside. So a point whose workdir holds a ``results.json``
 carrying the point's own config hash is done, whatever else the folder holds: neither its
 ``checkpoints/`` nor its ``DONE`` marker is needed. That is what lets a sweep's results be
 committed to git (``experiments/atlas/``: each point's ``results.json`` and ``config.json``) and
 resumed from a fresh clone: ``experiments.sweep`` skips the committed points and runs the rest.
 
 A point whose folder holds results of a *different* config (the config's defaults changed since
-it was run) is not done; running it stops at ``posenc.train.check_workdir``'s "holds a run with a
+it was run) is not done; running it stops at ``posenc.setup.check_workdir``'s "holds a run with a
 different config" error, so a stale result is never silently overwritten: delete its folder to
 redo it.
 

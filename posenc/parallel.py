@@ -8,7 +8,7 @@
   only process 0 writes metrics and results.
 * Many seeds: ``config.num_seeds = S`` runs whole training runs over seeds inside one
   compiled program, vmapped, as a ``lax.map`` loop, or split over the local devices along a
-  ``seed`` mesh axis (``config.seed_loop``; see posenc.train.seed_loop). On a CPU host,
+  ``seed`` mesh axis (``config.seed_loop``; see posenc.seeds.seed_loop). On a CPU host,
   :func:`provide_cpu_devices` (called by ``experiments.run`` before JAX starts) gives XLA one
   CPU device per core, so that the seeds' shares run side by side on separate cores.
 """

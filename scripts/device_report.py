@@ -39,7 +39,7 @@ from scripts import benchmark  # noqa: E402 — sets up jax, logging and the com
 
 import jax  # noqa: E402
 
-from posenc import train  # noqa: E402
+from posenc import seeds as seeds_lib, setup as setup_lib, train  # noqa: E402
 
 
 def _config(scheme: str, args, **overrides):
@@ -62,7 +62,7 @@ def _config(scheme: str, args, **overrides):
 def bench(scheme: str, dtype: str, args, rates: dict) -> dict:
   """One scheme in one dtype: training step and evaluation (``benchmark``'s timings)."""
   c = _config(scheme, args, **{"model.dtype": dtype})
-  s = train.setup(c)
+  s = setup_lib.setup(c)
   r = benchmark.time_training(s, args)
   step_s, flops = r["step_s"], r["flops"]
   n0 = len(benchmark._COMPILES)  # noqa: SLF001 — the compile listener's record
@@ -92,7 +92,7 @@ def seeded_run(args) -> dict:
   scores = results.get("in_range_score_per_seed") or [results.get("in_range_score")]
   out_scores = results.get("out_of_range_score_per_seed") or [results.get("out_of_range_score")]
   return {"scheme": args.run_scheme, "preset": c.preset, "num_seeds": c.num_seeds,
-          "seed_loop": train.seed_loop(c), "steps": c.train.steps, "wall_s": wall,
+          "seed_loop": seeds_lib.seed_loop(c), "steps": c.train.steps, "wall_s": wall,
           "in_range_per_seed": scores, "out_of_range_per_seed": out_scores,
           "eval_lengths": [c.eval.min_length, c.eval.max_length],
           "samples_per_length": c.eval.samples_per_length, "log_tail": lines[-6:]}

@@ -25,7 +25,7 @@ hooks and public functions, never by the scheme's name:
   head's attention for one sample at the longest training length and at a longer one.
 
 Prints ``plot: PATH`` per file written. A plot that needs the current code (the model rebuilt
-from ``config.json`` with ``posenc.train.setup``, see ``context.Context``) is skipped with a
+from ``config.json`` with ``posenc.setup.setup``, see ``context.Context``) is skipped with a
 one-line ``note:`` when the scheme's module is missing or the saved parameters do not fit it.
 Problems with the folder itself (missing, no checkpoints, missing step, damaged checkpoint)
 raise :class:`InspectError` with a one-line message.

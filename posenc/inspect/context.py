@@ -30,7 +30,7 @@ class NotApplicable(Skip):
 
 class Context:
   """What the plots share: the run's config, its saved parameters, the folder for the PNGs, and
-  (lazily) the current code's view of the run (``posenc.train.setup``), or why that is
+  (lazily) the current code's view of the run (``posenc.setup.setup``), or why that is
   unavailable.
 
   ``config`` is the saved ``config.json`` as a dict (None when missing); ``params`` the saved
@@ -54,7 +54,7 @@ class Context:
     return self.params.get("encoding", {}) if isinstance(self.params, dict) else {}
 
   def setup(self):
-    """``posenc.train.setup`` of the saved config, checked against the saved parameters."""
+    """``posenc.setup.setup`` of the saved config, checked against the saved parameters."""
     if self._setup is None and self._why_not is None:
       try:
         self._setup = self._make_setup()
@@ -73,7 +73,7 @@ class Context:
       import jax
       import jax.numpy as jnp
       import ml_collections
-      from posenc import encodings, train
+      from posenc import encodings, setup as setup_lib
       from posenc.errors import ConfigError
     except ImportError as e:
       raise Skip(f"posenc is not importable here ({e})") from None
@@ -83,7 +83,7 @@ class Context:
     cfg = json.loads(json.dumps(self.config))
     cfg.setdefault("init", {})["from_workdir"] = ""  # that run need not exist any more
     try:
-      s = train.setup(ml_collections.ConfigDict(cfg))
+      s = setup_lib.setup(ml_collections.ConfigDict(cfg))
     except (ConfigError, KeyError, AttributeError, TypeError, ValueError) as e:
       raise Skip(f"the current code refuses this run's config.json ({first_line(e)})") from None
     model = s.model(s.train_bound())

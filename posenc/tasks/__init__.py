@@ -26,7 +26,7 @@ def names() -> list[str]:
 def get(name: str, config: Any = None) -> Task:
   """Returns the task called ``name``; a clear error lists the known ones.
 
-  With a run ``config`` (``posenc.train.setup`` passes it), a task class with a
+  With a run ``config`` (``posenc.setup.setup`` passes it), a task class with a
   ``from_config(config)`` classmethod (language modelling: its corpus, evaluation lengths,
   and a refusal of encoders) is built from it, raising ConfigError naming the field;
   other tasks take no settings.

@@ -433,7 +433,7 @@ class LanguageModelling(Task):
                ) -> dict:
     """Perplexity against evaluation length, both protocols (see the module docstring).
 
-    ``setup`` is a ``posenc.train.Setup``; one program per evaluation length.
+    ``setup`` is a ``posenc.setup.Setup``; one program per evaluation length.
     """
     from posenc import positions as positions_lib  # noqa: PLC0415 — keep task imports light
 
