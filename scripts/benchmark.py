@@ -46,6 +46,9 @@ from absl import logging  # noqa: E402
 from posenc import dropout, encodings, model, train  # noqa: E402
 
 logging.set_verbosity(logging.ERROR)
+# Compile times are part of what is measured: never read programs from a persistent cache
+# (JAX_COMPILATION_CACHE_DIR in the environment, as the README suggests for runs, included).
+jax.config.update("jax_enable_compilation_cache", False)
 
 _COMPILES = []
 _COMPILE_S = [0.0]  # seconds spent tracing, lowering and compiling programs, all of them
