@@ -44,6 +44,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import logging  # noqa: E402
 
 from posenc import dropout, encodings, model, train  # noqa: E402
+from posenc import seeds as seeds_lib, setup as setup_lib  # noqa: E402
 
 logging.set_verbosity(logging.ERROR)
 # Compile times are part of what is measured: never read programs from a persistent cache
@@ -96,7 +97,7 @@ def config_for(scheme: str, preset: str | None):
 
 def time_training(s, args) -> dict:
   """Compiles the training step of setup ``s`` and times it: compile s, s/step, XLA FLOPs."""
-  keys = train.root_keys(0)
+  keys = seeds_lib.root_keys(0)
   state = train.init_state(s, keys["init"])
   t = time.perf_counter()
   compiled = jax.jit(train.make_train_step(s), donate_argnums=0).lower(state, keys["train"]).compile()
@@ -118,7 +119,7 @@ def time_training(s, args) -> dict:
 def bench_lm(scheme: str, args, rate: float) -> dict:
   """Training-step speed and MFU of ``configs/lm/<scheme>.py``'s default preset."""
   c = importlib.import_module(f"configs.lm.{scheme}").get_config(args.preset)
-  s = train.setup(c)
+  s = setup_lib.setup(c)
   r = time_training(s, args)
   step_s, flops = r["step_s"], r["flops"]
   return {"scheme": scheme, "step_ms": 1e3 * step_s,
@@ -134,7 +135,7 @@ def bench_scheme(scheme: str, args, rate: float) -> dict:
     c.eval.batch_size = args.eval_samples
     if "max_len" in c.encoding:  # learned tables: give them rows for the evaluated lengths
       c.encoding.max_len = max(c.encoding.max_len, 2 * args.eval_max + 8)
-  s = train.setup(c)
+  s = setup_lib.setup(c)
   r = time_training(s, args)
   compile_s, step_s, flops, state, keys = (r[k] for k in ("compile_s", "step_s", "flops", "state", "keys"))
   _STEPS[scheme] = {"compiled": r["compiled"], "keys": keys, "tokens": c.train.batch_size * s.train_padded,
@@ -320,11 +321,11 @@ def seed_step_worker(args) -> None:
   c = config_for("sinusoidal", args.preset)
   with c.unlocked():
     c.num_seeds = num_seeds
-  s = train.setup(c)
-  how = train.seed_loop(c)
-  keys = train.root_keys(0, num_seeds)
-  state = jax.jit(train.seeded(lambda k: train.init_state(s, k), num_seeds, how))(keys["init"])
-  step = jax.jit(train.seeded(train.make_train_step(s), num_seeds, how), donate_argnums=0)
+  s = setup_lib.setup(c)
+  how = seeds_lib.seed_loop(c)
+  keys = seeds_lib.root_keys(0, num_seeds)
+  state = jax.jit(seeds_lib.seeded(lambda k: train.init_state(s, k), num_seeds, how))(keys["init"])
+  step = jax.jit(seeds_lib.seeded(train.make_train_step(s), num_seeds, how), donate_argnums=0)
   for _ in range(max(1, args.warmup)):
     state, _ = step(state, keys["train"])
   jax.block_until_ready(state)
@@ -360,10 +361,10 @@ def bench_seeds(args, num_seeds: int = 8, rate: float = 0.0) -> dict:
                               ("mapped", num_seeds, "map")):
     with c.unlocked():
       c.num_seeds = s_count
-    s = train.setup(c)
-    keys = train.root_keys(0, s_count)
-    state = train.seeded(lambda k: train.init_state(s, k), s_count, how)(keys["init"])
-    step = jax.jit(train.seeded(train.make_train_step(s), s_count, how), donate_argnums=0)
+    s = setup_lib.setup(c)
+    keys = seeds_lib.root_keys(0, s_count)
+    state = seeds_lib.seeded(lambda k: train.init_state(s, k), s_count, how)(keys["init"])
+    step = jax.jit(seeds_lib.seeded(train.make_train_step(s), s_count, how), donate_argnums=0)
     if s_count == 1:  # XLA's FLOP count of one seed's step
       cost = step.lower(state, keys["train"]).compile().cost_analysis()
       cost = cost[0] if isinstance(cost, list) else cost
@@ -431,9 +432,9 @@ def bench_buckets(preset: str, args) -> dict:
   k = args.num_buckets or c.train.num_buckets
   with c.unlocked():
     c.train.num_buckets = k
-  s = train.setup(c)
+  s = setup_lib.setup(c)
   plan = s.train_buckets()
-  keys = train.root_keys(0)
+  keys = seeds_lib.root_keys(0)
   state = train.init_state(s, keys["init"])
   fresh = lambda: jax.tree_util.tree_map(jnp.copy, state)
   programs: dict[str, list] = {}  # name -> [compiled, state, extra args, padded length]
