@@ -100,7 +100,30 @@ def provide_cpu_devices(num_seeds: int) -> int:
     jax.config.update("jax_num_cpu_devices", n)
   except RuntimeError:  # JAX has already started in this process
     return 0
+  patient_cpu_collectives()
   return n
+
+
+# XLA:CPU aborts the process when one device waits more than 40 s for another at a collective
+# (its deadlock guard). Devices that share cores with other work can be starved that long
+# without any deadlock: FLOATER's seeds, split over 2 CPU devices on a loaded 2-core machine,
+# aborted in their solver loop's all-reduce. posenc raises the guard to an hour.
+CPU_COLLECTIVE_TIMEOUT_S = 3600
+_CPU_COLLECTIVE_FLAGS = ("xla_cpu_collective_call_terminate_timeout_seconds",
+                         "xla_cpu_collective_timeout_seconds")
+
+
+def patient_cpu_collectives() -> None:
+  """Before JAX starts: CPU devices wait up to :data:`CPU_COLLECTIVE_TIMEOUT_S` for each other
+  at collectives (and warn after 10 minutes) instead of aborting after 40 s. Settings already in
+  ``XLA_FLAGS`` are kept."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  extra = [f"--{name}={CPU_COLLECTIVE_TIMEOUT_S}" for name in _CPU_COLLECTIVE_FLAGS
+           if name not in flags]
+  if "xla_cpu_collective_call_warn_stuck_timeout_seconds" not in flags:
+    extra.append("--xla_cpu_collective_call_warn_stuck_timeout_seconds=600")
+  if extra:
+    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

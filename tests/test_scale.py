@@ -74,7 +74,9 @@ c.workdir = sys.argv[1]
 if int(sys.argv[2]):
   c.train.steps = int(sys.argv[2])
 r = train.train_and_evaluate(c, log=lambda *_: None)
+import os
 print(json.dumps({"devices": devices, "cpu_devices": jax.device_count(),
+                  "xla_flags": os.environ.get("XLA_FLAGS", ""),
                   "loop": train.seed_loop(c), "per_seed": r["in_range_score_per_seed"]}))
 """
 
@@ -107,6 +109,8 @@ def test_seeds_sharded_over_cpu_devices_equal_separate_runs_and_resume(tmp_path)
   checkpoint restored onto the seed mesh) ends with the same parameters."""
   whole = _run_sharded(tmp_path / "whole")
   assert whole["devices"] == 2 and whole["cpu_devices"] == 2 and whole["loop"] == "shard"
+  # devices sharing loaded cores wait for each other at collectives instead of aborting
+  assert "--xla_cpu_collective_call_terminate_timeout_seconds=3600" in whole["xla_flags"]
   stacked = _check_seeds_equal_single_runs(tmp_path, tmp_path / "whole", "sinusoidal")
   steps = helpers.config("sinusoidal").train.steps
   _run_sharded(tmp_path / "halves", steps=steps // 2)
