@@ -264,7 +264,7 @@ def shard_indices(n: int, shard: tuple[int, int] = (0, 1)) -> list[int]:
 
 def unrunnable(resolved: Sequence[tuple[dict[str, Any], ml_collections.ConfigDict]],
                indices: Iterable[int]) -> list[tuple[int, str]]:
-  """``(index, error)`` for each unfinished point that ``posenc.train.setup`` refuses.
+  """``(index, error)`` for each unfinished point that ``posenc.setup.setup`` refuses.
 
   Run before a local sweep starts, so that a scheme that cannot represent the evaluated lengths
   (say) is reported at once, not hours in.

@@ -80,11 +80,11 @@ Class attributes a scheme may set:
   callbacks).
 * ``report(train_positions)`` (optional method): jittable scalars about the trained parameters,
   computed once after evaluation at the longest evaluated position and written to
-  ``results.json`` as ``encoding_report`` (``posenc.train.encoding_report``; FLOATER: its
+  ``results.json`` as ``encoding_report`` (``posenc.evaluation.encoding_report``; FLOATER: its
   trajectory's growth past the training positions and the evaluation solve's step count).
 * ``SHARD_MAP``: False when the scheme's gradients cannot be taken inside ``jax.shard_map``
   (FLOATER: equinox's checkpointed while loops in diffrax, diffrax issue #765); seeds split
-  over devices then use the partitioned form (``posenc.train.seeded``, ``shard_spmd``).
+  over devices then use the partitioned form (``posenc.seeds.seeded``, ``shard_spmd``).
 
 In incremental decoding (``Transformer(decode="step")``) the query side is one token
 (``Lq = 1``, ``q_pos`` its position) and the key side is the whole cached buffer
