@@ -93,6 +93,30 @@ def test_training_step_with_dropout_is_unchanged_by_the_fused_masks(monkeypatch)
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_dropout_sits_where_the_papers_put_it(pre_ln):
+  """Residual dropout as Vaswani et al. (sec. 5.4) and Ruoss et al.'s reference encoder: on the
+  embeddings and on each sub-layer's output, all [B, L, d_model]; no mask inside the FFN."""
+  c = helpers.config("sinusoidal", **{"model.dropout": 0.2, "model.num_layers": 2,
+                                      "model.pre_ln": pre_ln})
+  s = train.setup(c)
+  model = s.model(s.train_bound())
+  variables = train.init_state(s, jax.random.PRNGKey(0))
+  length = s.train_padded
+  args = (jnp.ones((2, length), jnp.int32), jnp.arange(length)[None], jnp.ones((2, length), bool))
+  shapes = []
+
+  def record(f, args_, kwargs, context):
+    if isinstance(context.module, dropout.Dropout) and context.method_name == "__call__":
+      shapes.append(args_[0].shape)
+    return f(*args_, **kwargs)
+
+  with nn.intercept_methods(record):
+    model.apply({"params": variables["params"]}, *args, train=True,
+                rngs={"dropout": jax.random.PRNGKey(1)})
+  assert shapes == [(2, length, c.model.d_model)] * (1 + 2 * c.model.num_layers)
+
+
 # ----------------------------------------------------------------------------- buckets
 
 
