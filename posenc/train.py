@@ -47,7 +47,7 @@ from posenc import results as results_lib
 from posenc.checkpoints import checkpoint_manager, restore_latest, warm_start
 from posenc.errors import ConfigError, TrainingDiverged, runtime_error_message
 from posenc.evaluation import encoding_report, evaluate
-from posenc.seeds import data_mesh, root_keys, seed_loop, seeded
+from posenc.seeds import data_mesh, root_keys, seed_by_seed, seed_loop, seeded
 from posenc.setup import Setup, check_workdir, diagnostics, setup
 
 # Reachable as posenc.train.<name>, where code and tests found them before the split.
@@ -93,7 +93,7 @@ def initial_state(s: Setup, key: jax.Array) -> dict:
   (pure compute: nothing is written yet) is refused as a ConfigError naming the scheme."""
   config = s.config
   try:
-    return seeded(lambda k: init_state(s, k), config.num_seeds, seed_loop(config))(key)
+    return seed_by_seed(lambda k: init_state(s, k), config.num_seeds, seed_loop(config))(key)
   except Exception as e:  # noqa: BLE001 — only a compiled program's runtime failure is translated
     msg = runtime_error_message(e)
     if msg is None:
@@ -116,7 +116,7 @@ def resume(s: Setup, state: dict, found: checkpoints.Start, log: Callable[[str],
     log(f"resumed from checkpoint at step {start}")
   elif found.source is not None:
     params, copied, fresh = warm_start(state["params"], found.source, config.init.from_workdir)
-    opt_init = seeded(make_optimizer(config).init, config.num_seeds, seed_loop(config))
+    opt_init = seed_by_seed(make_optimizer(config).init, config.num_seeds, seed_loop(config))
     state = {**state, "params": params, "opt_state": opt_init(params)}
     log(f"warm start: {len(copied)} parameter arrays from {config.init.from_workdir} "
         f"(step {found.source_step}); {len(fresh)} fresh" + (f": {', '.join(fresh[:6])}" if fresh else ""))

@@ -18,6 +18,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tiny programs: XLA's optimisation passes cost more than they save (~2x faster suite). Set in
 # the environment too, so the runs tests start as subprocesses compile the same way.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# XLA:CPU's newer fusion emitters (MLIR) compile these small programs ~2x slower than the
+# classic LLVM IR emitters, and nearly every test program is compiled, run a few times and
+# dropped. Set in the environment, so every worker and subprocess compiles the same way: the
+# runs a test compares were all made under these flags.
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402

@@ -89,8 +89,15 @@ def test_training_step_with_dropout_is_unchanged_by_the_fused_masks(monkeypatch)
     monkeypatch.setattr(dropout, "FUSED", fused)
     new, m = jax.jit(train.make_train_step(s))(state, keys["train"])
     got[fused] = (m, new["params"])
-  for a, b in zip(jax.tree_util.tree_leaves(got[True]), jax.tree_util.tree_leaves(got[False])):
-    np.testing.assert_array_equal(a, b)
+  # The same masks, so the same step: bit for bit under XLA's default CPU flags; this suite's
+  # compile-fast flags (conftest) may round the two programs' arithmetic differently, far below
+  # what one dropped or kept unit would change. The key projection's bias has a zero gradient
+  # (softmax ignores a constant per row) whose rounding noise Adam scales up: compared loosely.
+  def check(path, a, b):
+    name = jax.tree_util.keystr(path)
+    atol = 1e-4 if "key" in name and "bias" in name else 1e-7
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol, err_msg=name)
+  jax.tree_util.tree_map_with_path(check, got[True], got[False])
 
 
 @pytest.mark.parametrize("pre_ln", [False, True])
