@@ -33,6 +33,7 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
   # the cores to split over, else by backend); see posenc.seeds.seed_loop.
   c.seed_loop = "auto"
   c.workdir = ""  # empty: runs/<scheme>-<task>-<preset>-seed<seed>-<config hash>
+  c.plots = True    # draw plots/*.png at the end of a run (results.json is written either way)
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "reverse_string"
@@ -132,6 +133,7 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
     c.eval.max_length = 10
     c.eval.samples_per_length = 4
     c.eval.batch_size = 4
-    c.eval.num_buckets = 2
+    c.eval.num_buckets = 1  # one evaluation program (tests/test_eval_invariance.py sets more)
+    c.plots = False  # ~1 s of matplotlib per run; the tests that read plots turn them on
     c.checkpoint.every_steps = 2
   return c

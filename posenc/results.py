@@ -124,7 +124,8 @@ def assemble(s: Setup, per_length, greedy, extra: dict, reports: list[dict], *, 
 
 
 def write(s: Setup, results: dict, seed_results: list[dict]) -> None:
-  """Writes ``results.json`` (and each seed's), the plots, and ``DONE`` last (process 0 only)."""
+  """Writes ``results.json`` (and each seed's), the plots (``config.plots``), and ``DONE`` last
+  (process 0 only)."""
   config, wd = s.config, s.workdir
   S = config.num_seeds
   title = f"{config.encoding.name} on {config.task.name}"
@@ -132,22 +133,25 @@ def write(s: Setup, results: dict, seed_results: list[dict]) -> None:
   def greedy_curve(r):
     return {"greedy exact match": r["greedy"]["per_length_exact_match"]} if "greedy" in r else None
 
+  plots = config.get("plots", True)
   for r in seed_results if S > 1 else []:
     sub = os.path.join(wd, "seeds", f"seed{r['seed']}")
     os.makedirs(sub, exist_ok=True)
     reporting.atomic_write_json(os.path.join(sub, "results.json"), r)
-    reporting.plot_accuracy(os.path.join(sub, "plots", "accuracy.png"), r["per_length"],
-                            tuple(r["train_range"]), f"{title} (seed {r['seed']})",
-                            extra=greedy_curve(r))
+    if plots:
+      reporting.plot_accuracy(os.path.join(sub, "plots", "accuracy.png"), r["per_length"],
+                              tuple(r["train_range"]), f"{title} (seed {r['seed']})",
+                              extra=greedy_curve(r))
   reporting.atomic_write_json(results_path(s), results)
-  if hasattr(s.task, "plot"):
-    s.task.plot(results, os.path.join(wd, "plots"), title)
-  else:
-    reporting.plot_accuracy(os.path.join(wd, "plots", "accuracy.png"), results["per_length"],
-                            tuple(results["train_range"]),
-                            title + (f" (mean of {S} seeds)" if S > 1 else ""),
-                            extra=greedy_curve(results))
-  reporting.plot_training(os.path.join(wd, "plots", "training.png"), reporting.read_metrics(wd))
+  if plots:
+    if hasattr(s.task, "plot"):
+      s.task.plot(results, os.path.join(wd, "plots"), title)
+    else:
+      reporting.plot_accuracy(os.path.join(wd, "plots", "accuracy.png"), results["per_length"],
+                              tuple(results["train_range"]),
+                              title + (f" (mean of {S} seeds)" if S > 1 else ""),
+                              extra=greedy_curve(results))
+    reporting.plot_training(os.path.join(wd, "plots", "training.png"), reporting.read_metrics(wd))
   reporting.atomic_write_text(done_path(s), f"{s.config_hash}\n")
 
 

@@ -28,7 +28,7 @@ from posenc.seeds import SEED_LOOPS, data_mesh
 
 # Fields that may change between a run and its resumption without changing what is trained.
 _RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.num_buckets", "eval", "checkpoint",
-                     "workdir", "seed_loop")
+                     "workdir", "seed_loop", "plots")
 
 
 @dataclasses.dataclass
@@ -85,16 +85,19 @@ def diagnostics(variables: dict) -> dict:
   return {str(path[-1].key): value for path, value in flat}
 
 
-# Settings that change how a run computes, never what: left out of the hash, so runs made
-# before they existed keep their workdir names and DONE markers (sweeps do not redo them).
-_HASH_EXCLUDED = (("eval", "micro_batch"), ("train", "num_buckets"))
+# Settings that change how a run computes or what it draws, never its numbers: left out of the
+# hash, so runs made before they existed keep their workdir names and DONE markers (sweeps do
+# not redo them).
+_HASH_EXCLUDED = (("eval", "micro_batch"), ("train", "num_buckets"), (None, "plots"))
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
   d = config.to_dict()
   d.pop("workdir", None)
   for section, name in _HASH_EXCLUDED:
-    if isinstance(d.get(section), dict):
+    if section is None:
+      d.pop(name, None)
+    elif isinstance(d.get(section), dict):
       d[section].pop(name, None)
   return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 

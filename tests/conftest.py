@@ -50,14 +50,14 @@ if _cache != "off":
 # runs) start first, so that pytest-xdist's workers do not end with one of them alone on a core
 # (longest-first scheduling). Only the order changes; a name that no longer exists is ignored.
 _LONGEST_FIRST = (
-    "test_benchmark.py::test_benchmark_script_writes_tables_interleaved_medians_and_seed_speedups",
+    "test_benchmark.py::test_benchmark_script_writes_tables_interleaved_medians_seed_speedups_and_buckets",
     "test_scale.py::test_floater_seeds_sharded_without_shard_map_equal_separate_runs",
+    "test_floater.py::test_decay_seeds_sharded_over_cpu_devices_equal_single_runs",
     "test_scale.py::test_seeds_sharded_over_cpu_devices_equal_separate_runs_and_resume",
     "test_scale.py::test_data_parallel_on_8_devices_equals_one_device",
     "test_scale.py::test_two_processes_form_one_mesh_and_only_process_0_writes",
     "test_sweep.py::test_tiny_local_sweep_runs_skips_finished_points_and_resumes",
     "test_train_buckets.py::test_bucketed_run_resumes_bit_identically",
-    "test_benchmark.py::test_benchmark_times_training_length_buckets",
     "test_accelerator_paths.py::test_vmapped_seeds_equal_separate_runs",
     "test_accelerator_paths.py::test_accelerator_configuration_runs_end_to_end",
     "test_decoding.py::test_greedy_matches_a_plain_generation_loop",

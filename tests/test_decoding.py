@@ -102,13 +102,13 @@ def test_greedy_matches_a_plain_generation_loop(scheme):
       model, v, b, output_offset=offset, answer_length=out_len))(variables, batch))
   l = int(batch["length"])
   tokens = np.asarray(batch["tokens"])
+  forward = jax.jit(model.apply)  # one program per sequence length (op by op: dozens each)
   for b in range(tokens.shape[0]):
     seq = list(tokens[b, :l + 1])  # the prompt and SEP
     answer = []
     for _ in range(out_len):
       n = len(seq)
-      logits = model.apply(variables, jnp.asarray([seq]), jnp.arange(n)[None],
-                           jnp.ones((1, n), bool))
+      logits = forward(variables, jnp.asarray([seq]), jnp.arange(n)[None], jnp.ones((1, n), bool))
       answer.append(int(np.argmax(logits[0, -1])))
       seq.append(answer[-1] + offset)
     np.testing.assert_array_equal(preds[b, l:l + out_len], answer)
@@ -128,7 +128,8 @@ def test_scores_exact_match_and_fraction():
 @pytest.mark.parametrize("num_seeds", [1, 2])
 def test_greedy_exact_match_in_a_run(tmp_path, num_seeds):
   results = helpers.run_smoke(tmp_path, "rope", **{"model.causal": True, "task.name": "copy",
-                                                   "eval.greedy": True, "num_seeds": num_seeds})
+                                                   "eval.greedy": True, "num_seeds": num_seeds,
+                                                   "plots": True})
   if num_seeds > 1:
     import json
     per_seed = json.loads((tmp_path / "rope-run" / "seeds" / "seed1" / "results.json").read_text())

@@ -165,7 +165,7 @@ def test_uniform_model_has_perplexity_256():
 
 
 def test_smoke_run_end_to_end(tmp_path, corpus_file):
-  results = helpers.run_smoke(tmp_path, "lm.sinusoidal", **{"task.corpus": corpus_file})
+  results = helpers.run_smoke(tmp_path, "lm.sinusoidal", plots=True, **{"task.corpus": corpus_file})
   assert results["task"] == "lm" and results["mode"] == "decoder"
   assert sorted(int(k) for k in results["per_length"]) == [16, 32, 64]
   assert all(1.0 < v < 1e4 and math.isfinite(v) for v in results["per_length"].values())

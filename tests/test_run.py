@@ -30,7 +30,7 @@ def test_one_step_golden_numbers(causal):
 
 
 def test_run_writes_everything(tmp_path):
-  results = helpers.run_smoke(tmp_path, "sinusoidal")
+  results = helpers.run_smoke(tmp_path, "sinusoidal", plots=True)
   wd = tmp_path / "sinusoidal-run"
   for name in ("config.json", "metrics.jsonl", "results.json", "DONE", "plots/accuracy.png",
                "plots/training.png"):

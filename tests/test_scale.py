@@ -71,13 +71,17 @@ from tests import helpers
 c = helpers.config(sys.argv[4], num_seeds=2, seed=3)
 c.eval.micro_batch = 2  # evaluation in passes too (the single runs it is compared with: whole)
 c.workdir = sys.argv[1]
-if int(sys.argv[2]):
-  c.train.steps = int(sys.argv[2])
-r = train.train_and_evaluate(c, log=lambda *_: None)
+if int(sys.argv[2]):  # stop after that many steps, then resume to the end (from the checkpoint)
+  steps, c.train.steps = c.train.steps, int(sys.argv[2])
+  train.train_and_evaluate(c, log=lambda *_: None)
+  c.train.steps = steps
+lines = []
+r = train.train_and_evaluate(c, log=lines.append)
 import os
 print(json.dumps({"devices": devices, "cpu_devices": jax.device_count(),
                   "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                  "loop": train.seed_loop(c), "per_seed": r["in_range_score_per_seed"]}))
+                  "loop": train.seed_loop(c), "per_seed": r["in_range_score_per_seed"],
+                  "resumed": [l for l in lines if l.startswith("resumed")]}))
 """
 
 
@@ -113,8 +117,8 @@ def test_seeds_sharded_over_cpu_devices_equal_separate_runs_and_resume(tmp_path)
   assert "--xla_cpu_collective_call_terminate_timeout_seconds=3600" in whole["xla_flags"]
   stacked = _check_seeds_equal_single_runs(tmp_path, tmp_path / "whole", "sinusoidal")
   steps = helpers.config("sinusoidal").train.steps
-  _run_sharded(tmp_path / "halves", steps=steps // 2)
-  resumed = _run_sharded(tmp_path / "halves")
+  resumed = _run_sharded(tmp_path / "halves", steps=steps // 2)
+  assert resumed["resumed"] == [f"resumed from checkpoint at step {steps // 2}"]
   np.testing.assert_allclose(resumed["per_seed"], whole["per_seed"], atol=1e-6)
   jax.tree_util.tree_map(np.testing.assert_array_equal, _params(tmp_path / "halves"), stacked)
 
@@ -201,3 +205,22 @@ def test_two_processes_form_one_mesh_and_only_process_0_writes(tmp_path):
   single.workdir = str(tmp_path / "single")
   train.train_and_evaluate(single, log=lambda *_: None)
   _assert_same_params(_params(wd), _params(tmp_path / "single"), rtol=2e-5)
+
+
+@pytest.mark.parametrize("how", ["map", "shard"])
+def test_seeded_initialisation_is_each_single_runs_bit_for_bit(how):
+  """A run of S seeds starts seed k from exactly the state a single run with seed + k starts from
+  (seed by seed, op by op as a single run initialises), placed where the seeded step expects it
+  (the sharded runs above train from it)."""
+  from posenc import parallel, seeds
+  s = train.setup(helpers.config("t5"))
+  keys = seeds.root_keys(5, 3)
+  init = lambda k: train.init_state(s, k)
+  stacked = seeds.seed_by_seed(init, 3, how)(keys["init"])
+  for k in range(3):
+    single = init(seeds.root_keys(5 + k)["init"])
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[k], b), stacked, single)
+  leaf = jax.tree_util.tree_leaves(stacked)[0]
+  if how == "shard":
+    assert leaf.sharding.mesh == parallel.seed_mesh(3)
+    assert leaf.sharding.spec == jax.sharding.PartitionSpec(parallel.SEED_AXIS)
