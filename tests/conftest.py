@@ -52,7 +52,6 @@ if _cache != "off":
 _LONGEST_FIRST = (
     "test_benchmark.py::test_benchmark_script_writes_tables_interleaved_medians_seed_speedups_and_buckets",
     "test_scale.py::test_floater_seeds_sharded_without_shard_map_equal_separate_runs",
-    "test_floater.py::test_decay_seeds_sharded_over_cpu_devices_equal_single_runs",
     "test_scale.py::test_seeds_sharded_over_cpu_devices_equal_separate_runs_and_resume",
     "test_scale.py::test_data_parallel_on_8_devices_equals_one_device",
     "test_scale.py::test_two_processes_form_one_mesh_and_only_process_0_writes",

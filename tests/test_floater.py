@@ -7,7 +7,6 @@ fairseq/models/flow_transformer.py (``proj_bias`` [3, layers, d] xavier_uniform,
 ``odeint(..., method="rk4", options={"step_size": time_dt / 5})``).
 """
 
-import json
 import os
 import re
 import subprocess
@@ -617,42 +616,3 @@ def test_bounded_flows_step_size_does_not_follow_rounding():
                       for a, b in zip(*map(jax.tree_util.tree_leaves, g[::-1])))
   assert rel(_decay_solve_gradient(plain)) > 0.1  # the defect, as diffrax's controller has it
   assert rel(_decay_solve_gradient(ours)) < 1e-3
-
-
-_SHARD_DECAY_SCRIPT = r"""
-import json, sys
-sys.path.insert(0, sys.argv[2])
-from posenc import parallel
-parallel.provide_cpu_devices(2)  # before JAX starts, as experiments.run does
-import jax
-jax.config.update("jax_disable_most_optimizations", True)  # as in this suite (conftest)
-from absl import logging; logging.set_verbosity(logging.ERROR)
-from posenc import train
-from tests import helpers
-c = helpers.config("floater", num_seeds=2, seed=3, **json.loads(sys.argv[3]))
-c.workdir = sys.argv[1]
-train.train_and_evaluate(c, log=lambda *_: None)
-print(json.dumps({"cpu_devices": jax.device_count(), "loop": train.seed_loop(c)}))
-"""
-
-
-def test_decay_seeds_sharded_over_cpu_devices_equal_single_runs(tmp_path):
-  """tests/test_scale.py's check for the bounded ``decay`` flow: two seeds split over two
-  CPU devices (seed_loop shard_spmd) end with each seed's own single-run parameters (they
-  were 1e-3 apart before the bounded flows' controller ignored rounding-level errors)."""
-  overrides = {"encoding.flow": "decay", **_FAST_EVAL}
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, "-c", _SHARD_DECAY_SCRIPT, str(tmp_path / "both"), root,
-                        json.dumps(overrides)], capture_output=True, text=True, timeout=600, cwd=root)
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert json.loads(out.stdout.strip().splitlines()[-1]) == {"cpu_devices": 2, "loop": "shard_spmd"}
-  both = train.load_params(str(tmp_path / "both"))[0]
-  for k, seed in enumerate((3, 4)):
-    one = helpers.config("floater", seed=seed, **overrides)
-    one.workdir = str(tmp_path / f"one{seed}")
-    train.train_and_evaluate(one, log=lambda *_: None)
-    single = train.load_params(one.workdir)[0]
-    jax.tree_util.tree_map_with_path(
-        lambda path, a, b: np.testing.assert_allclose(a[k], b, rtol=1e-5, atol=1e-6,
-                                                      err_msg=jax.tree_util.keystr(path)),
-        both, single)
