@@ -363,7 +363,7 @@ def bench_seeds(args, num_seeds: int = 8, rate: float = 0.0) -> dict:
       c.num_seeds = s_count
     s = setup_lib.setup(c)
     keys = seeds_lib.root_keys(0, s_count)
-    state = seeds_lib.seeded(lambda k: train.init_state(s, k), s_count, how)(keys["init"])
+    state = seeds_lib.seed_by_seed(lambda k: train.init_state(s, k), s_count, how)(keys["init"])
     step = jax.jit(seeds_lib.seeded(train.make_train_step(s), s_count, how), donate_argnums=0)
     if s_count == 1:  # XLA's FLOP count of one seed's step
       cost = step.lower(state, keys["train"]).compile().cost_analysis()
