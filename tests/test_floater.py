@@ -454,20 +454,18 @@ def test_warm_start_from_a_sinusoidal_run_end_to_end(tmp_path):
   assert "embed/embedding" in copied and "layer0_query/kernel" in copied
 
 
-def test_smoke_decoder_with_randomized_positions(tmp_path):
-  results = helpers.run_smoke(tmp_path, "floater", **_FAST_EVAL, **{
-      "model.causal": True, "positions.kind": "randomized", "positions.max_position": 64})
-  helpers.check_smoke_results(results)
-  assert results["mode"] == "decoder"
-
-
-def test_smoke_layer_input_injection_with_the_sphere_flow_reports_its_growth(tmp_path):
+def test_smoke_decoder_with_randomized_positions_layer_input_and_sphere_flow(tmp_path):
+  """One end-to-end run covers the decoder, randomized positions, layer-input injection and
+  the sphere flow (the encoder with the defaults runs end to end in the warm-start test
+  above), and the growth report results.json records."""
   lines = []
-  c = helpers.config("floater", **_FAST_EVAL, **{"encoding.injection": "layer_input",
-                                                  "encoding.flow": "sphere"})
+  c = helpers.config("floater", **_FAST_EVAL, **{
+      "model.causal": True, "positions.kind": "randomized", "positions.max_position": 64,
+      "encoding.injection": "layer_input", "encoding.flow": "sphere"})
   c.workdir = str(tmp_path / "floater-run")
   results = train.train_and_evaluate(c, log=lines.append)
   helpers.check_smoke_results(results)
+  assert results["mode"] == "decoder"
   assert os.path.exists(tmp_path / "floater-run" / "DONE")
   # results.json records the trajectory at the longest evaluated position against the
   # training positions: the sphere flow keeps every row's norm, so the growth is 1.
