@@ -56,9 +56,11 @@ _HEATMAP = flags.DEFINE_bool(
     "mean over seeds, colour from chance to 1 per task; heatmaps/*.png) and put them with a "
     "best-scheme row at the top of results.md. Default: the first folder's collect.json, else off.")
 
-# Config fields that never make two runs different experiments.
+# Config fields that never make two runs different experiments. ``plots`` (whether a run drew
+# its figures) came later: runs made before it have no such field and must share rows with
+# runs made after.
 _IGNORED = ("seed", "workdir", "task.name", "encoding.name", "num_seeds", "init", "checkpoint",
-            "train.log_every", "model.causal", "train.steps", "sweep")
+            "train.log_every", "model.causal", "train.steps", "sweep", "plots")
 _LEVEL_ORDER = {"R": 0, "DCF": 1, "CS": 2}
 # PNG text chunks: matplotlib writes its version under "Software"; left out, the same figure
 # gives the same bytes from any matplotlib that draws it the same (Agg writes no timestamp).
