@@ -105,7 +105,10 @@ _SHARED = {
                 "eval.max_length": EVAL_MAX, "eval.samples_per_length": 32,
                 "eval.batch_size": 32, "eval.num_buckets": 1,
                 "positions.max_position": 4 * EVAL_MAX, "checkpoint.every_steps": 500,
-                "checkpoint.max_to_keep": 1},
+                "checkpoint.max_to_keep": 1,
+                # the report draws every point; a point's own figures would not be kept
+                # (outside the config hash: points made with them stay done)
+                "plots": False},
 }
 # What a decoder point sets on top (its workdir name carries these keys).
 DECODER = {"model.causal": True, "model.pre_ln": True, "eval.greedy": True}
