@@ -78,7 +78,7 @@ def main(argv):
   # traceback, by JAX's callback machinery; train.py reports the error itself as one line.
   std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
   # imports JAX; after flag parsing: --help is instant
-  from posenc import parallel, setup as setup_lib, train, workdir_lock
+  from posenc import host_memory, parallel, setup as setup_lib, train, workdir_lock
   distributed = parallel.maybe_initialize_distributed(force=_DISTRIBUTED.value)
 
   try:
@@ -86,6 +86,8 @@ def main(argv):
     if _WORKDIR.value:
       with config.unlocked():
         config.workdir = _WORKDIR.value
+    # Before JAX's CPU client starts: big steps reuse their memory (posenc/host_memory.py).
+    host_memory.configure(host_memory.step_bytes_or_zero(config))
     if not distributed and config.get("seed_loop", "auto") in ("auto", "shard"):
       parallel.provide_cpu_devices(config.num_seeds)  # seeds side by side on the cores
     # Validate, then lock the workdir for the rest of this process's life (one writer per

@@ -98,6 +98,9 @@ def main(argv):
       for line in sweeping.commands(config_arg, config.preset, len(resolved), overrides, _ROOT.value):
         print(line)
       return
+    # Before JAX's CPU client starts: big steps reuse their memory (posenc/host_memory.py).
+    from posenc import host_memory
+    host_memory.configure(max(host_memory.step_bytes_or_zero(c) for _, c in resolved))
     seeds = {c.num_seeds for _, c in resolved}
     if len(seeds) == 1 and all(c.get("seed_loop", "auto") in ("auto", "shard") for _, c in resolved):
       from posenc import parallel

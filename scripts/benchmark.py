@@ -43,7 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import logging  # noqa: E402
 
-from posenc import dropout, encodings, model, train  # noqa: E402
+from posenc import dropout, encodings, host_memory, model, train  # noqa: E402
 from posenc import seeds as seeds_lib, setup as setup_lib  # noqa: E402
 
 logging.set_verbosity(logging.ERROR)
@@ -575,15 +575,20 @@ def main() -> None:
                  "threads; steadier on a machine shared with other jobs)")
   p.add_argument("--seed_step_worker", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args()
+  # Before JAX's CPU client starts, as experiments.run does (posenc/host_memory.py);
+  # POSENC_MALLOC=system times glibc's defaults instead.
+  preset = (args.buckets or "paper") if args.buckets_only else args.preset
+  memory = host_memory.configure(host_memory.step_bytes(config_for("sinusoidal", preset)))
   if args.seed_step_worker:
     seed_step_worker(args)
     return
   if args.buckets_only:
     b = bench_buckets(args.buckets or "paper", args)
-    b["markdown"] = buckets_markdown(b)
+    b["markdown"] = buckets_markdown(b) + f"\n\nhost memory: {memory}"
     print(b["markdown"])
     with open(args.out, "w") as f:
-      json.dump({"date": time.strftime("%Y-%m-%d"), "args": vars(args), "buckets": b}, f, indent=1)
+      json.dump({"date": time.strftime("%Y-%m-%d"), "args": vars(args), "host_memory": memory,
+                 "buckets": b}, f, indent=1)
     print(f"wrote {args.out}")
     return
 
@@ -593,9 +598,11 @@ def main() -> None:
   dev = jax.devices()[0]
   machine = f"{dev.platform}:{dev.device_kind}, {os.cpu_count()} CPUs, {platform.machine()}"
   rate = matmul_rate()
-  print(f"machine: {machine}; dense f32 matmul {rate / 1e9:.1f} GFLOP/s", flush=True)
+  print(f"machine: {machine}; dense f32 matmul {rate / 1e9:.1f} GFLOP/s; host memory: {memory}",
+        flush=True)
   rows, lm_rows = [], []
-  out = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "matmul_gflops": rate / 1e9,
+  out = {"date": time.strftime("%Y-%m-%d"), "machine": machine, "host_memory": memory,
+         "matmul_gflops": rate / 1e9,
          "args": vars(args), "rows": rows, "lm_rows": lm_rows}
   for scheme in schemes:
     try:
