@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # keeps in its temporary buffer; prints the state, the async-dispatch setting and minor page
 # faults per call.
 _PROBE = r"""
-import resource, sys
+import json, resource, sys
 sys.path.insert(0, {root!r})
 from posenc import host_memory
 state = host_memory.configure({hint})
@@ -39,7 +39,7 @@ r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(6):
   f(a, b).block_until_ready()
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 6
-print(repr((state, bool(jax.config.values["jax_cpu_enable_async_dispatch"]), faults)))
+print(json.dumps([state, bool(jax.config.values["jax_cpu_enable_async_dispatch"]), faults]))
 """
 
 
@@ -50,7 +50,7 @@ def _probe(hint: int, malloc: str | None = None):
   out = subprocess.run([sys.executable, "-c", _PROBE.format(root=ROOT, hint=hint)],
                        env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
-  return eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 — our own repr of a tuple
+  return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 glibc = pytest.mark.skipif(os.uname().sysname != "Linux" or
