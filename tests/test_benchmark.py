@@ -158,3 +158,15 @@ def _check_buckets(b, rounds):
   assert abs(b["avg_vs_before"] - b["avg_ms"] / b["before_ms"]) < 1e-9
   assert b["compile_all_s"] > 0
   assert "| bucket 2: lengths 5–6 | 12 |" in b["markdown"]
+
+
+def test_minimal_step_script_times_posenc_beside_a_hand_written_encoder():
+  """scripts/minimal_step.py (issue 24's equal-shape comparison) runs and reports both steps."""
+  cmd = [sys.executable, "scripts/minimal_step.py", "--preset=smoke", "--rounds=2", "--steps=1"]
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  lines = done.stdout.strip().splitlines()
+  assert lines[0].startswith("smoke preset step at 16 tokens, batch 4, median of 2 interleaved")
+  ms = {line.split()[0]: float(line.split()[1]) for line in lines[1:3]}
+  assert set(ms) == {"posenc", "minimal"} and all(v > 0 for v in ms.values())
+  assert lines[3].startswith("  posenc / minimal = ")
