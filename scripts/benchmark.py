@@ -488,6 +488,26 @@ def bench_buckets(preset: str, args) -> dict:
   }
 
 
+def system_buckets(args) -> dict:
+  """The same --buckets_only timing in a child process with glibc's default allocator
+  (``POSENC_MALLOC=system``): how the steps ran before ``posenc/host_memory.py``. The host
+  memory settings are per process, so "before" cannot be timed both ways in one process; the
+  child runs right after this one, on the same machine."""
+  import tempfile  # noqa: PLC0415
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "system.json")
+    cmd = [sys.executable, os.path.abspath(__file__), f"--buckets={args.buckets or 'paper'}",
+           "--buckets_only", "--buckets_no_child", f"--steps={args.steps}",
+           f"--warmup={args.warmup}", f"--rounds={args.rounds}",
+           f"--num_buckets={args.num_buckets}", f"--buckets_clock={args.buckets_clock}",
+           f"--out={out}"]
+    print("  buckets again with glibc's default allocator (POSENC_MALLOC=system)", flush=True)
+    subprocess.run(cmd, env={**os.environ, "POSENC_MALLOC": "system"}, check=True,
+                   stdout=subprocess.DEVNULL)
+    with open(out) as f:
+      return json.load(f)["buckets"]
+
+
 def buckets_markdown(b: dict) -> str:
   lines = [f"Training step of configs/sinusoidal.py:{b['preset']} (lengths {b['lengths'][0]}–"
            f"{b['lengths'][1]} uniform), medians of interleaved rounds ({b['clock']} time; load "
@@ -504,6 +524,15 @@ def buckets_markdown(b: dict) -> str:
             f"{b['one_vs_before']:.2f}x), at the longest length {b['longest_ms']:.1f} ms "
             f"({b['longest_vs_before']:.2f}x); all {len(b['buckets'])} programs compiled in "
             f"{b['compile_all_s']:.1f} s"]
+  if "system" in b:
+    g = b["system"]
+    lines += ["", f"glibc's default allocator (POSENC_MALLOC=system, a child process right after): "
+              f"before {g['before_ms']:.1f} ms, num_buckets=1 {g['one_ms']:.1f} ms, averaged "
+              f"{g['avg_ms']:.1f} ms, longest {g['longest_ms']:.1f} ms, compiled in "
+              f"{g['compile_all_s']:.1f} s. This run against that before (the code before "
+              f"buckets, as it ran): averaged {b['avg_ms'] / g['before_ms']:.2f}x, longest "
+              f"{b['longest_ms'] / g['before_ms']:.2f}x, num_buckets=1 "
+              f"{b['one_ms'] / g['before_ms']:.2f}x"]
   return "\n".join(lines)
 
 
@@ -573,6 +602,9 @@ def main() -> None:
   p.add_argument("--buckets_clock", choices=("wall", "cpu"), default="wall",
                  help="--buckets steps in wall seconds, or in this process's CPU seconds (all "
                  "threads; steadier on a machine shared with other jobs)")
+  p.add_argument("--buckets_no_child", action="store_true",
+                 help="--buckets_only: skip the second pass with glibc's default allocator "
+                 "(a child process with POSENC_MALLOC=system; see posenc/host_memory.py)")
   p.add_argument("--seed_step_worker", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args()
   # Before JAX's CPU client starts, as experiments.run does (posenc/host_memory.py);
@@ -584,6 +616,8 @@ def main() -> None:
     return
   if args.buckets_only:
     b = bench_buckets(args.buckets or "paper", args)
+    if memory.startswith("kept") and not args.buckets_no_child:
+      b["system"] = system_buckets(args)
     b["markdown"] = buckets_markdown(b) + f"\n\nhost memory: {memory}"
     print(b["markdown"])
     with open(args.out, "w") as f:

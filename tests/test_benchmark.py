@@ -170,3 +170,19 @@ def test_minimal_step_script_times_posenc_beside_a_hand_written_encoder():
   ms = {line.split()[0]: float(line.split()[1]) for line in lines[1:3]}
   assert set(ms) == {"posenc", "minimal"} and all(v > 0 for v in ms.values())
   assert lines[3].startswith("  posenc / minimal = ")
+
+
+def test_bucket_timing_also_runs_with_glibcs_default_allocator_in_a_child(tmp_path):
+  """--buckets_only with host memory kept adds the same timing under POSENC_MALLOC=system (how
+  the steps ran before posenc/host_memory.py) and the ratios against that "before"."""
+  out = tmp_path / "b.json"
+  cmd = [sys.executable, "scripts/benchmark.py", "--buckets=smoke", "--buckets_only",
+         "--num_buckets=2", "--steps=1", "--warmup=1", "--rounds=1", f"--out={out}"]
+  env = {**os.environ, "POSENC_MALLOC": "sync"}
+  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  d = json.loads(out.read_text())
+  assert d["host_memory"] == "kept; programs run on the calling thread"
+  g = d["buckets"]["system"]
+  assert g["before_ms"] > 0 and g["avg_ms"] > 0 and "system" not in g  # one child, no grandchild
+  assert "glibc's default allocator (POSENC_MALLOC=system" in d["buckets"]["markdown"]
