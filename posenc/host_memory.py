@@ -65,8 +65,8 @@ def step_bytes(config) -> int:
   ``temp_size_in_bytes`` on the default, paper and LM presets."""
   from posenc import data, tasks  # noqa: PLC0415
   task = tasks.get(config.task.name, config)
-  padded = max(data.total_length(task, n) for n in
-               range(config.task.train_min_length, config.task.train_max_length + 1))
+  lengths = range(config.task.train_min_length, config.task.train_max_length + 1)
+  padded = data.buckets(task, lengths, 1)[0][1]  # the one program's length, as setup pads it
   m = config.model
   tokens = config.train.batch_size * max(1, int(config.get("num_seeds", 1))) * padded
   per_token = 10 * m.d_model + 2 * m.d_ff + 3 * m.num_heads * padded

@@ -19,6 +19,10 @@ turns on every call, for a per-sample ratio that noise between whole evaluations
 processes). Prints Markdown tables and writes JSON (``--out``; what is measured so far goes to
 ``<out>.partial`` as the run goes, and replaces ``--out`` when the run completes).
 
+Host memory (``posenc/host_memory.py``) is set once per process, as ``experiments.run`` would
+set it for ``--preset`` (or the ``--buckets`` preset with ``--buckets_only``); the LM rows of a
+full run share that setting, so they time asynchronous dispatch where a lone LM run would not.
+
 This is a script, not a test: timings depend on the machine and its load.
 """
 

@@ -30,32 +30,29 @@ from posenc import host_memory  # noqa: E402
 import configs.sinusoidal as sinusoidal_config  # noqa: E402
 
 
-class Encoder:
-  """Built lazily so that JAX starts after host_memory.configure."""
+def make_encoder(vocab: int, out_vocab: int, d=64, heads=8, layers=5, d_ff=256, rate=0.1):
+  """The minimal model (imports flax here, so that JAX starts after host_memory.configure)."""
+  import flax.linen as nn  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
 
-  @staticmethod
-  def make(vocab: int, out_vocab: int, d=64, heads=8, layers=5, d_ff=256, rate=0.1):
-    import flax.linen as nn  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
+  class Minimal(nn.Module):
+    @nn.compact
+    def __call__(self, tokens, valid, train: bool):
+      n = tokens.shape[1]
+      pos = jnp.arange(n)[:, None] / (10000 ** (jnp.arange(0, d, 2) / d))[None]
+      pe = jnp.zeros((n, d)).at[:, 0::2].set(jnp.sin(pos)).at[:, 1::2].set(jnp.cos(pos))
+      x = nn.Embed(vocab, d)(tokens) * math.sqrt(d) + pe
+      x = nn.Dropout(rate, deterministic=not train)(x)
+      mask = valid[:, None, None, :]
+      for _ in range(layers):
+        h = nn.MultiHeadDotProductAttention(num_heads=heads, qkv_features=d,
+                                            deterministic=True)(x, mask=mask)
+        x = nn.LayerNorm()(x + nn.Dropout(rate, deterministic=not train)(h))
+        h = nn.Dense(d)(nn.relu(nn.Dense(d_ff)(x)))
+        x = nn.LayerNorm()(x + nn.Dropout(rate, deterministic=not train)(h))
+      return nn.Dense(out_vocab)(x)
 
-    class Minimal(nn.Module):
-      @nn.compact
-      def __call__(self, tokens, valid, train: bool):
-        b, n = tokens.shape
-        pos = jnp.arange(n)[:, None] / (10000 ** (jnp.arange(0, d, 2) / d))[None]
-        pe = jnp.zeros((n, d)).at[:, 0::2].set(jnp.sin(pos)).at[:, 1::2].set(jnp.cos(pos))
-        x = nn.Embed(vocab, d)(tokens) * math.sqrt(d) + pe
-        x = nn.Dropout(rate, deterministic=not train)(x)
-        mask = valid[:, None, None, :]
-        for _ in range(layers):
-          h = nn.MultiHeadDotProductAttention(num_heads=heads, qkv_features=d,
-                                              deterministic=True)(x, mask=mask)
-          x = nn.LayerNorm()(x + nn.Dropout(rate, deterministic=not train)(h))
-          h = nn.Dense(d)(nn.relu(nn.Dense(d_ff)(x)))
-          x = nn.LayerNorm()(x + nn.Dropout(rate, deterministic=not train)(h))
-        return nn.Dense(out_vocab)(x)
-
-    return Minimal()
+  return Minimal()
 
 
 def main() -> None:
@@ -85,7 +82,7 @@ def main() -> None:
   n, bsz = s.train_padded, config.train.batch_size
   vocab, out_vocab = data.vocab_size(s.task), s.task.output_vocab_size
   m = config.model
-  model = Encoder.make(vocab, out_vocab, d=m.d_model, heads=m.num_heads, layers=m.num_layers,
+  model = make_encoder(vocab, out_vocab, d=m.d_model, heads=m.num_heads, layers=m.num_layers,
                        d_ff=m.d_ff, rate=m.dropout)
   k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
   tokens = jax.random.randint(k1, (bsz, n), 0, vocab)
