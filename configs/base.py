@@ -76,6 +76,17 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
   # same lengths, examples, positions and dropout masks either way.
   c.train.num_buckets = 4
 
+  # Training to a criterion (posenc.criterion): every `every` steps, score the longest
+  # `top_fraction` of the training lengths on a held-out set; the run has *learned* once the
+  # score reaches `threshold`, and with `stop` it ends there (else at train.steps, the cap).
+  c.criterion = ml_collections.ConfigDict()
+  c.criterion.every = 0               # 0: no criterion (train for train.steps)
+  c.criterion.threshold = 0.95
+  c.criterion.top_fraction = 0.25     # the longest quarter of the training lengths
+  c.criterion.samples_per_length = 128
+  c.criterion.metric = "auto"         # auto: exact match where eval.greedy decodes, else accuracy
+  c.criterion.stop = True             # False: train to the cap and only record the step
+
   c.eval = ml_collections.ConfigDict()
   c.eval.min_length = 1
   c.eval.max_length = 500
@@ -88,6 +99,9 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
   c.eval.micro_batch = 0
   # Decoders: also decode each answer greedily (key/value cache) and report exact match.
   c.eval.greedy = False
+  # The evaluation set's seed: -1 draws it from the run's seed; a fixed value gives every
+  # seed (and every scheme) of a task the same evaluation samples.
+  c.eval.seed = -1
 
   # Warm start: copy parameters (by path, shapes must match) from another run's checkpoint,
   # e.g. FLOATER from a sinusoidal run, or a hierarchical table from a learned run.

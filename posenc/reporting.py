@@ -112,7 +112,7 @@ class Progress:
     """Call once the first (compiling) step has finished."""
     self._t0, self._s0 = time.perf_counter(), step
 
-  def line(self, step: int, metrics: dict) -> str:
+  def line(self, step: int, metrics: dict, extra: str = "") -> str:
     rate = eta = None
     if self._t0 is not None and step > self._s0:
       rate = (step - self._s0) / (time.perf_counter() - self._t0)
@@ -122,6 +122,8 @@ class Progress:
     if rate:
       parts.append(f"{rate:.1f} steps/s")
       parts.append(f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+    if extra:
+      parts.append(extra)
     text = " | ".join(parts)
     print(text, file=self.stream, flush=True)
     return text

@@ -59,14 +59,18 @@ def summarize(s: Setup, per_length: dict[int, float]) -> dict:
 
 
 def assemble(s: Setup, per_length, greedy, extra: dict, reports: list[dict], *, n_params: int,
-             timing: dict) -> tuple[dict, list[dict]]:
+             timing: dict, tracker=None, steps_trained: int | None = None
+             ) -> tuple[dict, list[dict]]:
   """``(results, seed_results)``: the content of ``results.json`` and of each seed's.
 
   ``per_length``: ``{length: score}``, a list of them per seed with several seeds; ``greedy``:
   ``[exact match, token accuracy]``, each a list of per-seed ``{length: value}`` (None without
   greedy decoding); ``extra``: what a task with its own evaluation returned besides its
   per-length scores (its range scores are taken out of it); ``reports``: each seed's
-  :func:`posenc.evaluation.encoding_report`; ``n_params``: over all seeds.
+  :func:`posenc.evaluation.encoding_report`; ``n_params``: over all seeds; ``tracker``: the
+  training criterion's (:class:`posenc.criterion.Tracker`), whose record of each seed goes
+  into its ``"criterion"`` (learned, the step, the in-range curve); ``steps_trained``: the
+  step training ended at (the cap, or earlier at the criterion).
   """
   config = s.config
   S = config.num_seeds
@@ -88,6 +92,15 @@ def assemble(s: Setup, per_length, greedy, extra: dict, reports: list[dict], *, 
         "in_range_exact_match": ranges["in_range_score"],
         "out_of_range_exact_match": ranges["out_of_range_score"]}}
 
+  def criterion_of(k):  # seed k's record, or for the seeds' aggregate all of them
+    if k is not None:
+      rec = tracker.seed_record(k)
+      return {"criterion": rec, "learned": rec["learned"],
+              "steps_trained": rec["step"] if rec["learned"] and rec["stop"] else steps_trained}
+    recs = [tracker.seed_record(j) for j in range(S)]
+    return {"criterion_per_seed": recs, "learned_seeds": sum(r["learned"] for r in recs),
+            "steps_trained": steps_trained}
+
   def results_of(per_length, summary, seed, k=None):
     return {
         "scheme": config.encoding.name, "task": config.task.name, "preset": config.preset,
@@ -99,6 +112,7 @@ def assemble(s: Setup, per_length, greedy, extra: dict, reports: list[dict], *, 
         "eval_programs": len(s.eval_buckets), "num_params": n_params // S,
         "timing": dict(timing),
         "mode": "decoder" if s.causal else "encoder", **extra, **greedy_of(k),
+        **({} if tracker is None else criterion_of(k)),
         **({} if not reports[0] else {"encoding_report": reports[k]} if k is not None
            else {"encoding_report_per_seed": reports}),
     }

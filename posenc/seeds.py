@@ -33,6 +33,18 @@ def root_keys(seed: int, num_seeds: int = 1) -> dict[str, jax.Array]:
   return dict(zip(("init", "train", "eval"), jax.random.split(root, 3)))
 
 
+def evaluation_key(config: ml_collections.ConfigDict, run_key: jax.Array) -> jax.Array:
+  """The run's evaluation key: ``run_key`` (``root_keys``' ``"eval"``, per seed), or with
+  ``config.eval.seed >= 0`` that seed's evaluation key for every seed of the run, so all
+  seeds and schemes of a task are scored on the same samples."""
+  fixed = config.eval.get("seed", -1)
+  if fixed < 0:
+    return run_key
+  key = root_keys(fixed)["eval"]
+  S = config.get("num_seeds", 1)
+  return jnp.stack([key] * S) if S > 1 else key
+
+
 SEED_LOOPS = ("auto", "vmap", "map", "shard")
 
 

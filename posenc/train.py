@@ -41,13 +41,14 @@ import optax
 import orbax.checkpoint as ocp
 
 from posenc import checkpoints
+from posenc import criterion as criterion_lib
 from posenc import data as data_lib
 from posenc import encodings, parallel, positions as positions_lib, reporting
 from posenc import results as results_lib
 from posenc.checkpoints import checkpoint_manager, restore_latest, warm_start
 from posenc.errors import ConfigError, TrainingDiverged, runtime_error_message
 from posenc.evaluation import encoding_report, evaluate
-from posenc.seeds import data_mesh, root_keys, seed_by_seed, seed_loop, seeded
+from posenc.seeds import data_mesh, evaluation_key, root_keys, seed_by_seed, seed_loop, seeded
 from posenc.setup import Setup, check_workdir, diagnostics, setup
 
 # Reachable as posenc.train.<name>, where code and tests found them before the split.
@@ -341,13 +342,45 @@ def check_diverged(s: Setup, stacked: dict, step: int, kept: str) -> None:
 
 
 def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.CheckpointManager,
-                log: Callable[[str], None]) -> tuple[dict, dict]:
+                log: Callable[[str], None], eval_key: jax.Array | None = None
+                ) -> tuple[dict, dict, "criterion_lib.Tracker | None"]:
   """Steps ``start+1..train.steps`` (``key``: the training key): metrics every ``log_every``
   steps (``metrics.jsonl``, the progress line), a checkpoint every ``checkpoint.every_steps``
-  and at the end. Step t+1 is dispatched before step t's metrics are read. Returns the state
-  and ``{"compile_s", "train_s"}``; raises TrainingDiverged (keeping the last checkpoint)."""
+  and at the end. Step t+1 is dispatched before step t's metrics are read. With
+  ``config.criterion.every > 0`` (``eval_key``: the evaluation key), the criterion's check
+  runs after every ``every``-th step and the run stops once every seed has learned
+  (:mod:`posenc.criterion`). Returns the state, ``{"compile_s", "train_s"}`` and the
+  criterion's tracker (None without one); raises TrainingDiverged (keeping the last
+  checkpoint)."""
   config = s.config
   total = config.train.steps
+  S = config.num_seeds
+  tracker = check = None
+  frozen: dict[int, Any] = {}  # seed -> its state at the step it learned (several seeds)
+  if criterion_lib.enabled(config):
+    tracker = criterion_lib.Tracker(s, start, write=jax.process_index() == 0)
+    check = criterion_lib.make_check(s, eval_key)
+    if S > 1:  # seeds that learned before the checkpoint are frozen in it
+      frozen = {k: criterion_lib.take_seed(state, k)
+                for k, t in enumerate(tracker.learned_at) if t is not None}
+  every = config.criterion.every if tracker else 0
+  stop_early = tracker is not None and config.criterion.stop
+
+  def run_check(state, step):
+    scores = check.scores(state["params"])
+    new = tracker.record(step, scores)
+    for k in new:
+      if S > 1:
+        frozen[k] = criterion_lib.take_seed(state, k)
+      who = f"seed {config.seed + k} " if S > 1 else ""
+      log(f"criterion: {who}learned at step {step} ({check.metric} {scores[k]:.3f} >= "
+          f"{config.criterion.threshold} at lengths {check.lengths[0]}–{check.lengths[-1]})")
+    shown = ", ".join(f"{v:.3f}" for v in scores)
+    return shown
+
+  if tracker and start > 0 and start % every == 0 and start < total:
+    run_check(state, start)  # the check at the resume step (the run may have stopped there)
+  learned_stop = stop_early and tracker.all_learned
   writer = reporting.MetricsWriter(s.workdir, enabled=jax.process_index() == 0, resume_step=start)
   progress = reporting.Progress(total, start)
   mesh = data_mesh(config)
@@ -365,7 +398,7 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
                   else "no checkpoint had been written yet")
   try:
     programs.compile(state, key)  # every program the run will use, before the first step
-    while step < total:
+    while step < total and not learned_stop:
       dispatched = step + 1
       state, metrics = programs.run(state, key, step)
       step += 1
@@ -375,20 +408,28 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
         compile_s = time.perf_counter() - t_start
         progress.started(step)
         log(programs.compiled_line(compile_s))
-      save_now = step % config.checkpoint.every_steps == 0 or step == total
-      if step % config.train.log_every == 0 or save_now:
+      checked = None
+      if every and step % every == 0:
+        checked = run_check(state, step)
+        learned_stop = stop_early and tracker.all_learned
+      save_now = step % config.checkpoint.every_steps == 0 or step == total or learned_stop
+      if step % config.train.log_every == 0 or save_now or checked is not None:
         stacked = jax.device_get(jax.tree_util.tree_map(lambda *x: jnp.stack(x), *pending))
         pending = []
         synced = step
         check_diverged(s, stacked, step, kept())
         summary = {k: float(np.mean(v)) for k, v in stacked.items() if k != "length"}
         summary["mean_length"] = float(np.mean(stacked["length"]))
+        if checked is not None:
+          summary["criterion"] = tracker.rows[-1]["scores"]
         writer.write(step, summary)
-        if step % config.train.log_every == 0 or step == total:
+        if step % config.train.log_every == 0 or step == total or learned_stop:
           shown = ("loss", "accuracy", "grad_norm", "ode_steps")  # ode_steps: FLOATER's solver
-          progress.line(step, {k: summary[k] for k in shown if k in summary})
+          line = {k: summary[k] for k in shown if k in summary}
+          progress.line(step, line, extra=f"in-range check {checked}" if checked else "")
         if save_now:
-          mngr.save(step, args=ocp.args.StandardSave(state), force=(step == total))
+          saved = criterion_lib.put_seeds(state, frozen)
+          mngr.save(step, args=ocp.args.StandardSave(saved), force=(step == total or learned_stop))
           last_good = step
     mngr.wait_until_finished()
   except Exception as e:  # noqa: BLE001 — only a compiled step's runtime failure is translated
@@ -402,7 +443,13 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
     raise TrainingDiverged(f"training failed {where}: {msg}; {kept()}") from None
   finally:
     writer.close()
-  return state, {"compile_s": compile_s, "train_s": time.perf_counter() - t_start}
+  state = criterion_lib.put_seeds(state, frozen)
+  if tracker is not None:
+    learned = sum(t is not None for t in tracker.learned_at)
+    log(f"criterion: {learned} of {S} seed{'s' if S > 1 else ''} learned in range"
+        + (f"; stopped at step {step}" if step < total else f" by step {step} (the cap)"))
+  return state, {"compile_s": compile_s, "train_s": time.perf_counter() - t_start,
+                 "steps": step}, tracker
 
 
 # ----------------------------------------------------------------------------- the run
@@ -434,8 +481,9 @@ def evaluate_trained(s: Setup, params, key: jax.Array, log: Callable[[str], None
   config = s.config
   S = config.num_seeds
   total = config.train.steps
+  n = len(s.eval_buckets)
   log(f"evaluating lengths {config.eval.min_length}–{config.eval.max_length} "
-      f"in {len(s.eval_buckets)} buckets")
+      f"in {n} bucket{'s' if n > 1 else ''}")
   t_eval = time.perf_counter()
   greedy = None
   try:
@@ -481,19 +529,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, *, log: Callable[[str]
     return done
   # Everything that can refuse this run is checked before anything is written.
   keys = root_keys(config.seed, config.num_seeds)
+  keys["eval"] = evaluation_key(config, keys["eval"])
   state = initial_state(s, keys["init"])
   found = checkpoints.find_start(s, state["params"])
   open_workdir(s, log)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"]))
   state, start, mngr = resume(s, state, found, log)
-  log(f"model: {config.model.num_layers} layers, d={config.model.d_model}, {n_params:,} parameters; "
+  per_model = n_params // config.num_seeds
+  log(f"model: {config.model.num_layers} layers, d={config.model.d_model}, {per_model:,} parameters"
+      + (f" per seed ({config.num_seeds} seeds)" if config.num_seeds > 1 else "")
+      + (f", {config.model.dtype} activations" if config.model.dtype != "float32" else "") + "; "
       f"train lengths {s.train_lengths[0]}–{s.train_lengths[-1]} padded to {s.train_padded}")
 
-  state, timing = train_steps(s, state, keys["train"], start, mngr, log)
+  state, timing, tracker = train_steps(s, state, keys["train"], start, mngr, log, keys["eval"])
+  trained = timing.pop("steps")
   per_length, greedy, extra, timing["eval_s"] = evaluate_trained(s, state["params"], keys["eval"], log)
   reports = report_encoding(s, state["params"], log)
   results, seed_results = results_lib.assemble(s, per_length, greedy, extra, reports,
-                                               n_params=n_params, timing=timing)
+                                               n_params=n_params, timing=timing, tracker=tracker,
+                                               steps_trained=trained)
   if jax.process_index() == 0:
     results_lib.write(s, results, seed_results)
   results_lib.log_summary(s, results, log)

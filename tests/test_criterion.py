@@ -1,0 +1,156 @@
+"""Training to a criterion (config.criterion, posenc.criterion).
+
+A criterion run stops at the first check whose in-range score reaches the threshold, with the
+parameters a plain run of that many steps ends with; it resumes to the same step and
+parameters after a kill (mid-training, or after it stopped); it equals a run without the
+criterion bit for bit when the threshold is never reached; several seeds in one program each
+stop with their own single-seed run's parameters.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from posenc import criterion, train
+from posenc.checkpoints import load_params
+from posenc.errors import ConfigError
+from tests import helpers
+from tests.test_scale import _assert_same_params
+
+SCHEME = "sinusoidal"
+CAP = 16
+
+
+def _run(tmp_path, name, **overrides):
+  c = helpers.config(SCHEME, **{"train.steps": CAP, "checkpoint.every_steps": 2, **overrides})
+  c.workdir = str(tmp_path / name)
+  return train.train_and_evaluate(c, log=lambda *_: None), c.workdir
+
+
+def _params(workdir):
+  return jax.device_get(load_params(workdir)[0])
+
+
+def _assert_same(a, b):
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def _first_crossing(curve, threshold):
+  return next((step for step, v in curve if v >= threshold), None)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+  """A run that records its checks without stopping: the in-range curve of seeds 0 and 1."""
+  tmp = tmp_path_factory.mktemp("criterion")
+  out = {}
+  for seed in (0, 1):
+    r, wd = _run(tmp, f"record{seed}", seed=seed, **{"criterion.every": 2, "criterion.stop": False})
+    out[seed] = r["criterion"]["curve"]
+  return out
+
+
+def _threshold(curve):
+  """A threshold first crossed strictly inside the run (after the first check, before the cap)."""
+  best = -1.0
+  for step, v in curve:
+    if v > best and best >= 0 and step < CAP:
+      return (best + v) / 2, step
+    best = max(best, v)
+  pytest.fail(f"the smoke curve never rises: {curve}")
+
+
+def test_stops_where_in_range_accuracy_crosses_and_resumes_to_the_same_step(tmp_path, recorded):
+  curve = recorded[0]
+  thr, t = _threshold(curve)
+  assert _first_crossing(curve, thr) == t
+  crit = {"criterion.every": 2, "criterion.threshold": thr}
+  r, wd = _run(tmp_path, "stop", **crit)
+  assert r["learned"] is True and r["criterion"]["step"] == t and r["steps_trained"] == t
+  assert [s for s, _ in r["criterion"]["curve"]] == list(range(2, t + 1, 2))
+  assert r["criterion"]["curve"] == [p for p in curve if p[0] <= t]
+  # the parameters a plain run of t steps ends with
+  _, plain = _run(tmp_path, "plain", **{"train.steps": t})
+  _assert_same(_params(wd), _params(plain))
+
+  # killed mid-training: the first sitting ends at step t - 2 (its cap), the second resumes
+  _, wd2 = _run(tmp_path, "killed", **crit, **{"train.steps": t - 2})
+  r2, _ = _run(tmp_path, "killed", **crit)
+  assert r2["criterion"]["step"] == t and r2["steps_trained"] == t
+  assert r2["criterion"]["curve"] == r["criterion"]["curve"]
+  _assert_same(_params(wd2), _params(wd))
+
+  # killed after it stopped, before its results: it stops at the same step again
+  for name in ("results.json", "DONE"):
+    os.remove(os.path.join(wd, name))
+  r3, _ = _run(tmp_path, "stop", **crit)
+  assert r3["criterion"]["step"] == t and r3["steps_trained"] == t
+  assert r3["per_length"] == r["per_length"]
+  _assert_same(_params(wd), _params(plain))
+
+
+def test_never_reached_equals_a_run_without_the_criterion_bit_for_bit(tmp_path, recorded):
+  r, wd = _run(tmp_path, "unreached", **{"criterion.every": 4, "criterion.threshold": 1.0})
+  assert r["learned"] is False and r["criterion"]["step"] is None and r["steps_trained"] == CAP
+  plain, wd0 = _run(tmp_path, "plain")
+  assert "criterion" not in plain
+  assert r["per_length"] == plain["per_length"]
+  _assert_same(_params(wd), _params(wd0))
+  with open(os.path.join(wd, criterion.LOG_FILE)) as f:
+    assert [json.loads(line)["step"] for line in f] == [4, 8, 12, 16]
+
+
+def test_seeds_in_one_program_each_stop_with_their_single_runs_parameters(tmp_path, recorded):
+  # a threshold both seeds cross before the cap, each at its own step
+  thr = min(max(v for _, v in recorded[k]) for k in (0, 1)) - 1e-6
+  steps = [_first_crossing(recorded[k], thr) for k in (0, 1)]
+  assert all(steps)
+  crit = {"criterion.every": 2, "criterion.threshold": thr}
+  singles = [_run(tmp_path, f"single{k}", seed=k, **crit)[1] for k in (0, 1)]
+  r, wd = _run(tmp_path, "pair", num_seeds=2, **crit)
+  assert r["learned_seeds"] == 2 and r["steps_trained"] == max(steps)
+  assert [c["step"] for c in r["criterion_per_seed"]] == steps
+  stacked = _params(wd)
+  for k in (0, 1):  # in one process the seeds are mapped (lax.map): equal up to float noise
+    _assert_same_params(jax.tree_util.tree_map(lambda x: x[k], stacked), _params(singles[k]))
+    with open(os.path.join(wd, "seeds", f"seed{k}", "results.json")) as f:
+      seed = json.load(f)
+    assert seed["criterion"]["step"] == steps[k] and seed["steps_trained"] == steps[k]
+
+
+def test_criterion_fields_are_checked_before_compute():
+  for field, value, fix in (("every", -1, "non-negative"), ("threshold", 1.5, "(0, 1]"),
+                            ("top_fraction", 0.0, "longest quarter"), ("metric", "bleu", "choose"),
+                            ("samples_per_length", 0, "positive")):
+    c = helpers.config(SCHEME, **{f"criterion.{field}": value})
+    with pytest.raises(ConfigError, match=f"config.criterion.{field}") as e:
+      train.setup(c)
+    assert fix in str(e.value)
+  c = helpers.config(SCHEME, **{"criterion.every": 5, "criterion.metric": "exact_match"})
+  with pytest.raises(ConfigError, match="eval.greedy"):
+    train.setup(c)
+
+
+def test_checked_lengths_are_the_top_of_the_training_range():
+  c = helpers.config(SCHEME, **{"task.train_min_length": 1, "task.train_max_length": 12})
+  assert criterion.lengths(c) == [10, 11, 12]
+  c.criterion.top_fraction = 1.0
+  assert criterion.lengths(c) == list(range(1, 13))
+  c.criterion.top_fraction = 0.01
+  assert criterion.lengths(c) == [12]
+  c.model.causal, c.eval.greedy = True, True
+  assert criterion.metric(c) == "exact_match"
+
+
+def test_a_fixed_evaluation_seed_shares_the_samples_between_seeds():
+  from posenc.seeds import evaluation_key, root_keys
+  c = helpers.config(SCHEME, num_seeds=2, **{"eval.seed": 7})
+  key = evaluation_key(c, root_keys(0, 2)["eval"])
+  np.testing.assert_array_equal(key[0], key[1])
+  np.testing.assert_array_equal(key[0], root_keys(7)["eval"])
+  c.eval.seed = -1
+  key = evaluation_key(c, root_keys(0, 2)["eval"])
+  np.testing.assert_array_equal(key[1], root_keys(1)["eval"])
