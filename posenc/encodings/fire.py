@@ -21,9 +21,16 @@ after it get the same bias (only the sequence's ends break the mirror symmetry).
 paper's models are causal decoders and its appendix code, which takes ``|c·(i − j)|``,
 runs under a causal mask; neither (nor the public re-implementations read, e.g.
 ``mcleish7/arithmetic``) defines a direction-aware form, so none is invented here.
+
+Hidden activation: ReLU, as the paper's code. A subclass may set ``NEGATIVE_SLOPE > 0`` for a
+LeakyReLU there instead (not a config field, so FIRE's own config is unchanged): DAPE's FIRE
+(``posenc/encodings/dape.py``) uses LeakyReLU with PyTorch's default slope 0.01, as its
+official code does.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -55,6 +62,7 @@ class _FireFunction(nn.Module):
   width: int
   init_c: float
   init_length: float
+  negative_slope: float = 0.0  # 0: ReLU; > 0: LeakyReLU with this slope
 
   @nn.compact
   def __call__(self, q_pos, k_pos):
@@ -62,7 +70,8 @@ class _FireFunction(nn.Module):
     multiplier = self.param("length_multiplier", nn.initializers.ones, (), jnp.float32)
     threshold = jnp.abs(multiplier * self.init_length)
     x = normalized_distance(q_pos, k_pos, c, threshold)[..., None]  # [B|1, Lq, Lk, 1]
-    h = nn.relu(nn.Dense(self.width, name="hidden")(x))
+    h = nn.Dense(self.width, name="hidden")(x)
+    h = nn.leaky_relu(h, self.negative_slope) if self.negative_slope else nn.relu(h)
     return _HeadsFirst(self.num_heads, name="out")(h)  # [B|1, H, Lq, Lk]
 
 
@@ -91,6 +100,9 @@ class Encoding(_Base):
   init_length: float = 512.0  # L₀; the learned threshold is |λ·L₀|
   shared: bool = False
 
+  # The hidden layer's activation: 0 is ReLU (Li et al.); a subclass sets a LeakyReLU slope.
+  NEGATIVE_SLOPE: ClassVar[float] = 0.0
+
   def check(self, max_position):
     if self.mlp_width < 1:
       raise ConfigError("config.encoding.mlp_width", f"must be >= 1, got {self.mlp_width}")
@@ -101,7 +113,7 @@ class Encoding(_Base):
 
   def setup(self):
     make = lambda name: _FireFunction(self.dims.num_heads, self.mlp_width, self.init_c,
-                                      self.init_length, name=name)
+                                      self.init_length, self.NEGATIVE_SLOPE, name=name)
     if self.shared:
       self.functions = [make("fire")]
     else:

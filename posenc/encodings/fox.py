@@ -15,7 +15,8 @@ then the causal softmax mixes the values as usual. ``D`` is the cumulative-sum d
 ``c_i − c_j`` with ``c_t = Σ_{l ≤ t} log f_l`` (the official ``log_lambda``); :func:`decay_bias`
 computes it from the keys each query sees (the attention mask), which is the same thing
 under a causal mask and also serves a decoding step, whose query is one slot of the cached
-buffer. A gate of 1 everywhere (``log f = 0``) gives plain NoPE attention.
+buffer. A gate of 1 everywhere (``log f = 0``) gives plain NoPE attention (with bias-free
+projections, see below).
 
 As in the official code (``zhixuan-lin/forgetting-transformer``,
 ``src/forgetting_transformer/model/forgetting_transformer/modeling_forgetting_transformer.py``,
@@ -27,7 +28,10 @@ cumsum(log_fgate)`` is added as ``log_lambda_i − log_lambda_j`` inside a causa
   drawn N(0, 0.02) and its bias starts at 0 (the layer's ``_initialize_weights``), so every
   gate starts near ``σ(0) = 1/2``;
 * the q, k, v and output projections carry no bias (``bias=False``); here they are drawn
-  like the model's own projections (LeCun normal), so FoX differs from NoPE only by the gate;
+  like the model's own projections (LeCun normal). So FoX differs from this framework's NoPE
+  (``none.py``) by the gate and by those four biases: NoPE's projections are the model's own,
+  whose q/k/v carry a bias (``Encoding.QKV_BIAS``, True by default; ``posenc/model.py``) and
+  whose output projection always does. A gate of 1 everywhere is NoPE without those biases;
 * no other position encoding: FoX (LLaMA) is a NoPE Transformer plus the gate. The "Pro"
   block's extras (output gate, QK-norm, key/value shift) are not part of this scheme.
 
