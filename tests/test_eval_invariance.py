@@ -74,9 +74,12 @@ def _case_id(case):
   return f"{name}-{mode}" + (f"-{extra}" if extra else "")
 
 
-# Options a rule needs (smoke head width 8: four rotary pairs).
-ROPE_OPTIONS = {"longrope": {"encoding.long_factor": (1.0, 1.5, 3.0, 4.0),
-                             "encoding.short_factor": (1.0, 1.0, 1.1, 1.2)}}
+# Options a rule needs (smoke head width 8: four rotary pairs; HF's static rules, a factor).
+_LONGROPE = {"encoding.long_factor": (1.0, 1.5, 3.0, 4.0),
+             "encoding.short_factor": (1.0, 1.0, 1.1, 1.2)}
+ROPE_OPTIONS = {**{rule: {"encoding.factor": 2.0} for rule in ("linear", "ntk", "yarn", "llama3")},
+                "longrope": {**_LONGROPE, "encoding.factor": 2.0},
+                "longrope_per_sequence": _LONGROPE}
 CASES = _cases()
 
 

@@ -147,6 +147,7 @@ def _project_q(enc, x, length):
 def _want(scaling, x, length, s):
   """``x [B, P, H, d]`` rotated at ``arange(P)`` with the rule's frequencies for factor ``s``."""
   d = x.shape[-1]
+  scaling = scaling.removesuffix(rope.PER_SEQUENCE)
   if scaling == "dynamic_ntk":
     theta, scale = rope.dynamic_ntk_frequencies(d, jnp.array(s * 12.0), original_length=12), 1.0
   else:
@@ -154,7 +155,10 @@ def _want(scaling, x, length, s):
   return rope.rotate(x[:, :length, 0], jnp.arange(length)[None], inv_freq=theta, scale=scale)
 
 
-@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn", "dynamic_ntk"])
+PER_SEQUENCE_RULES = ["linear_per_sequence", "ntk_per_sequence", "yarn_per_sequence", "dynamic_ntk"]
+
+
+@pytest.mark.parametrize("scaling", PER_SEQUENCE_RULES)
 def test_scaling_applies_only_beyond_the_training_length(scaling):
   x = _rand((1, 96, 2, 16))
   # A sequence of the training length L = 12 is rotated exactly as in training, in any program.
@@ -168,7 +172,7 @@ def test_scaling_applies_only_beyond_the_training_length(scaling):
   assert not np.allclose(got, _project_q(rope.Encoding(dims=_dims(96)), x, 96), atol=1e-3)
 
 
-@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn", "dynamic_ntk"])
+@pytest.mark.parametrize("scaling", PER_SEQUENCE_RULES)
 def test_each_sequence_is_scaled_by_its_own_length_not_its_padding(scaling):
   """Evaluation pads a bucket's rows to its longest length: a row of 9 tokens (in range) and
   one of 18 (s = 1.5) are scaled by their own lengths, whatever the padding and the program's
@@ -194,7 +198,7 @@ def test_each_sequence_is_scaled_by_its_own_length_not_its_padding(scaling):
 
 def test_explicit_factor_applies_past_the_training_length_only():
   x = _rand((2, 24, 2, 16))
-  enc = rope.Encoding(dims=_dims(96), scaling="linear", factor=4.0)
+  enc = rope.Encoding(dims=_dims(96), scaling="linear_per_sequence", factor=4.0)
   pos = jnp.arange(24)[None]
   valid = jnp.arange(24)[None] < jnp.array([[12], [13]])
   q = enc.project(x, x, x, pos, pos, 0, context=pos, valid=valid)[0]
@@ -203,7 +207,7 @@ def test_explicit_factor_applies_past_the_training_length_only():
 
 
 def test_yarn_scales_cos_and_sin():
-  enc = rope.Encoding(dims=_dims(max_position=96), scaling="yarn")
+  enc = rope.Encoding(dims=_dims(max_position=96), scaling="yarn_per_sequence")
   x = _rand((1, 96, 2, 16))
   pos = jnp.arange(96)[None]
   q = enc.project(x, x, x, pos, pos, 0)[0]
@@ -215,7 +219,7 @@ def test_explicit_factor_and_original_length():
   enc = rope.Encoding(dims=_dims(max_position=96), scaling="linear", factor=2.0)
   np.testing.assert_allclose(enc.static_frequencies()[0], rope.frequencies(16) / 2, rtol=1e-6)
   # original_length 64 (e.g. randomized training positions): a 64-position program is not rescaled.
-  enc = rope.Encoding(dims=_dims(max_position=64), scaling="linear", original_length=64)
+  enc = rope.Encoding(dims=_dims(max_position=64), scaling="linear_per_sequence", original_length=64)
   np.testing.assert_allclose(enc.static_frequencies()[0], rope.frequencies(16), rtol=1e-6)
 
 
@@ -228,14 +232,15 @@ def test_bad_options_are_config_errors(field, kwargs):
   assert e.value.field == field
 
 
-@pytest.mark.parametrize("scaling", ["dynamic_ntk", "linear"])
-def test_decoding_scales_every_step_by_the_sequence_length(scaling):
+@pytest.mark.parametrize("scaling", ["dynamic_ntk", "linear_per_sequence"])
+def test_decoding_scales_every_step_by_the_sequence_length(scaling, **options):
   """Greedy decoding: the prefill, every step's query and the recomputing decoder all use the
   sequence's L' (prompt plus answer slots), so stepping reproduces the full pass (a step's
   query used to get its own position + 1 as dynamic NTK's length, the cached keys the bucket's)."""
   from posenc import data as data_lib, decoding
   from tests import test_decoding
-  s, model, variables, batch, out_len = test_decoding._setup("rope", **{"encoding.scaling": scaling})
+  s, model, variables, batch, out_len = test_decoding._setup("rope", **{"encoding.scaling": scaling,
+                                                                        **options})
   l = int(batch["length"])
   assert l + out_len > s.model(16).encoding._original_length() == 12  # beyond training: scaled
   args = (batch["tokens"], batch["positions"], batch["valid"])
@@ -291,9 +296,9 @@ def _reevaluate(path, tmp_path, scaling):
   return train.train_and_evaluate(c, log=lambda *_: None)
 
 
-def test_reevaluate_trained_run_at_8x_with_yarn(trained, tmp_path):
+def test_reevaluate_trained_run_at_8x_with_yarn_per_sequence(trained, tmp_path):
   path, _ = trained
-  yarn = _reevaluate(path, tmp_path, "yarn")
+  yarn = _reevaluate(path, tmp_path, "yarn_per_sequence")
   helpers.check_smoke_results(yarn)
   assert yarn["eval_range"] == [1, 48] and yarn["steps"] == 0  # 8x the training length of 6
   # The bucket of lengths 1..6 (a 16-position program, as in training) is not rescaled, so
@@ -358,15 +363,15 @@ def test_longrope_reference_numbers():
                              [1.0, math.sqrt(17 / 12)], rtol=1e-6)
 
 
-def test_llama3_scales_only_beyond_the_training_length():
+def test_llama3_per_sequence_scales_only_beyond_the_training_length():
   x = _rand((1, 96, 2, 16))
   plain = lambda n: _project_q(rope.Encoding(dims=_dims(96)), x, n)
-  enc = rope.Encoding(dims=_dims(96), scaling="llama3")
+  enc = rope.Encoding(dims=_dims(96), scaling="llama3_per_sequence")
   np.testing.assert_array_equal(_project_q(enc, x, 12), plain(12))
   want = rope.rotate(x[:, :96, 0], jnp.arange(96)[None],  # s = 96 / 12, L = 12
                      inv_freq=rope.llama3_frequencies(16, 8.0, original_length=12))
   np.testing.assert_allclose(_project_q(enc, x, 96)[:, :, 0], want, atol=1e-5)
-  enc = rope.Encoding(dims=_dims(96), scaling="llama3", factor=2.0, low_freq_factor=2.0,
+  enc = rope.Encoding(dims=_dims(96), scaling="llama3_per_sequence", factor=2.0, low_freq_factor=2.0,
                       high_freq_factor=3.0)
   want = rope.rotate(x[:, :96, 0], jnp.arange(96)[None], inv_freq=rope.llama3_frequencies(
       16, 2.0, original_length=12, low_freq_factor=2.0, high_freq_factor=3.0))
@@ -381,7 +386,7 @@ def test_longrope_short_within_long_beyond_per_sequence():
   pos = jnp.arange(24)[None]
   valid = jnp.arange(24)[None] < jnp.array([[9], [18]])
   for attention_factor in (0.0, 1.5):
-    enc = rope.Encoding(dims=_dims(24), scaling="longrope", short_factor=short, long_factor=long,
+    enc = rope.Encoding(dims=_dims(24), scaling="longrope_per_sequence", short_factor=short, long_factor=long,
                         attention_factor=attention_factor)
     q = enc.project(x, x, x, pos, pos, 0, context=pos, valid=valid)[0]
     scales = ((attention_factor,) * 2 if attention_factor
@@ -407,18 +412,170 @@ def test_llama3_longrope_bad_options_are_config_errors(kwargs, field):
 
 
 def test_llama3_decoding_scales_every_step_by_the_sequence_length():
-  test_decoding_scales_every_step_by_the_sequence_length("llama3")
+  test_decoding_scales_every_step_by_the_sequence_length("llama3_per_sequence")
 
 
 def test_longrope_smoke_run(tmp_path):
   results = helpers.run_smoke(tmp_path, "rope", **{"model.causal": True, "encoding.scaling": "longrope",
-                                                  "encoding.long_factor": (1.0, 2.0, 4.0, 8.0)})
+                                                  "encoding.long_factor": (1.0, 2.0, 4.0, 8.0),
+                                                  "encoding.factor": 4.0})
   helpers.check_smoke_results(results)
 
 
 def test_attention_factor_overrides_yarns_scale_beyond_the_training_length():
   x = _rand((1, 96, 2, 16))
-  enc = rope.Encoding(dims=_dims(96), scaling="yarn", attention_factor=1.3)
+  enc = rope.Encoding(dims=_dims(96), scaling="yarn_per_sequence", attention_factor=1.3)
   q = _project_q(enc, x, 96)
   np.testing.assert_allclose(jnp.linalg.norm(q, axis=-1), 1.3 * jnp.linalg.norm(x, axis=-1), rtol=1e-5)
   np.testing.assert_array_equal(_project_q(enc, x, 12), _project_q(rope.Encoding(dims=_dims(96)), x, 12))
+
+
+# ----------------------------------------------------------------- HF's names compute what HF computes
+
+def _hf_parameters(rule, dim, factor, L, base=10000.0, seq_len=None, **kw):
+  """HF ``modeling_rope_utils`` restated in NumPy, independently of posenc: the inverse frequencies
+  and the attention factor (the cos/sin scale) of ``rope_type = rule`` with ``rope_scaling``
+  ``factor``, ``original_max_position_embeddings = L`` (longrope: ``original_max_position_embeddings``,
+  ``max_position_embeddings = factor·L``; ``seq_len``: the current length, which picks its factors)."""
+  inv_freq = 1.0 / base ** (np.arange(0, dim, 2) / dim)
+  if rule == "linear":  # _compute_linear_scaling_rope_parameters: inv_freq / factor
+    return inv_freq / factor, 1.0
+  if rule == "ntk":  # _compute_ntk_parameters: the base becomes base·factor^(dim/(dim − 2))
+    return 1.0 / (base * factor ** (dim / (dim - 2))) ** (np.arange(0, dim, 2) / dim), 1.0
+  if rule == "yarn":  # _compute_yarn_parameters
+    inv, attn = _yarn_reference(dim, base, factor, L, kw.get("beta_fast", 32), kw.get("beta_slow", 1))
+    return inv, kw.get("attention_factor") or attn
+  if rule == "llama3":  # _compute_llama3_parameters
+    return _hf_llama3(dim, base, factor, kw.get("low_freq_factor", 1.0),
+                      kw.get("high_freq_factor", 4.0), L), 1.0
+  assert rule == "longrope"  # _compute_longrope_parameters (+ longrope_frequency_update)
+  ext = np.asarray(kw["long_factor"] if seq_len and seq_len > L else kw["short_factor"])
+  attn = kw.get("attention_factor") or (1.0 if factor <= 1 else
+                                        math.sqrt(1 + math.log(factor) / math.log(L)))
+  return inv_freq / ext, attn
+
+
+def _rows(enc, x, lengths):
+  """The rotated q of rows of ``lengths`` real tokens, batched and padded to ``x``'s length."""
+  padded = x.shape[1]
+  pos = jnp.arange(padded)[None]
+  valid = pos < jnp.array(lengths)[:, None]
+  return jax.jit(lambda x_: enc.project(x_, x_, x_, pos, pos, 0, context=pos, valid=valid)[0])(x)
+
+
+RULE_OPTIONS = [("linear", {}), ("ntk", {}), ("yarn", {}), ("yarn", {"attention_factor": 1.3}),
+                ("yarn", {"beta_fast": 8.0, "beta_slow": 0.5}), ("llama3", {}),
+                ("llama3", {"low_freq_factor": 2.0, "high_freq_factor": 8.0})]
+
+
+@pytest.mark.parametrize("rule,options", RULE_OPTIONS)
+def test_hf_static_rules_apply_at_every_length(rule, options):
+  """linear, ntk, yarn and llama3 are static in HF: one set of frequencies and one cos/sin scale,
+  from the factor and the original length, at every length. L = 32, s = 8: rows of 5, 32 (in
+  range), 33 and 64 tokens in one padded batch are all rotated by HF's numbers (the per-sequence
+  rule used to leave 5 and 32 alone and give 33 its own scaling)."""
+  L, s, lengths = 32, 8.0, [5, 32, 33, 64]
+  x = _rand((4, 64, 2, 16))
+  x = x.at[2].set(x[1])  # the rows of 32 and 33 tokens share their first 32
+  enc = rope.Encoding(dims=_dims(64), scaling=rule, factor=s, original_length=L, **options)
+  enc.check(64)
+  inv, attn = _hf_parameters(rule, 16, s, L, **options)
+  q = _rows(enc, x, lengths)
+  for row, n in enumerate(lengths):
+    want = rope.rotate(x[row, :n, 0], jnp.arange(n), inv_freq=inv.astype(np.float32), scale=attn)
+    np.testing.assert_allclose(q[row, :n, 0], want, atol=2e-5)
+  np.testing.assert_array_equal(q[1, :32], q[2, :32])  # 32 and 33 tokens: the same rotation
+  assert not np.allclose(q[0, :5], _project_q(rope.Encoding(dims=_dims(64)), x, 5)[0], atol=1e-3)
+  # The program's bound does not matter either, and static_frequencies is the rule's.
+  theta, scale = rope.Encoding(dims=_dims(8), scaling=rule, factor=s, original_length=L,
+                               **options).static_frequencies()
+  np.testing.assert_allclose(theta, inv, rtol=2e-6)
+  assert float(scale) == pytest.approx(attn, rel=1e-6)
+
+
+def test_hf_static_reference_numbers():
+  """Literal numbers (d = 16, base 10000, L = 32, s = 8) derived by hand from HF's formulas."""
+  inv = lambda rule: np.asarray(rope.Encoding(dims=_dims(8), scaling=rule, factor=8.0,
+                                              original_length=32).static_frequencies()[0])
+  # linear: θ/8; θ_1 = 10000^(−1/8) = 0.31622777.
+  assert inv("linear")[1] == pytest.approx(0.31622777 / 8, rel=1e-6)
+  # ntk: base' = 10000·8^(16/14) = 107672.8, θ'_7 = base'^(−14/16) = 3.9961e-5 = θ_7/8.
+  assert inv("ntk")[7] == pytest.approx(10000 ** (-14 / 16) / 8, rel=1e-5)
+  assert inv("ntk")[1] == pytest.approx((10000 * 8 ** (16 / 14)) ** (-2 / 16), rel=1e-5)
+  # llama3: λ_0 = 6.28 < 32/4 keeps θ_0 = 1; λ_1 = 19.8692 is between: γ = (32/19.8692 − 1)/3 =
+  # 0.203512, θ_1·(γ + (1 − γ)/8) = 0.316228·0.303073 = 0.0958400; λ_2 = 62.83 > 32: θ_2/8 = 0.0125.
+  np.testing.assert_allclose(inv("llama3")[:3], [1.0, 0.0958400, 0.0125], rtol=2e-6)
+  # yarn: correction range (0, 2): pair 0 keeps θ, pair 1 is half way, pairs 2.. get θ/8.
+  np.testing.assert_allclose(inv("yarn")[:3], [1.0, 0.31622777 * (0.5 + 0.5 / 8), 0.0125],
+                             rtol=2e-6)
+  scale = rope.Encoding(dims=_dims(8), scaling="yarn", factor=8.0).static_frequencies()[1]
+  assert float(scale) == pytest.approx(1.2079441541679836, rel=1e-6)  # 0.1·ln 8 + 1
+
+
+def test_hf_longrope_picks_its_factors_by_length_with_one_attention_factor():
+  """longrope as HF: θ/short_factor for L' ≤ L, θ/long_factor for L' > L (HF compares
+  max(position_ids) + 1 with original_max_position_embeddings), and one cos/sin scale at every
+  length: sqrt(1 + ln s / ln L) from the factor (L = 32, s = 8: sqrt(1.6)), or attention_factor."""
+  short = (1.0, 1.25, 1.5, 2.0, 1.0, 1.0, 1.0, 1.0)
+  long = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 8.0, 8.0)
+  L, lengths = 32, [5, 32, 33, 64]
+  x = _rand((4, 64, 2, 16))
+  for factor, attention_factor in ((8.0, 0.0), (0.0, 1.5), (8.0, 1.5)):
+    options = {"short_factor": short, "long_factor": long, "attention_factor": attention_factor}
+    enc = rope.Encoding(dims=_dims(64), scaling="longrope", factor=factor, original_length=L,
+                        **options)
+    enc.check(64)
+    q = _rows(enc, x, lengths)
+    for row, n in enumerate(lengths):
+      inv, attn = _hf_parameters("longrope", 16, factor, L, seq_len=n, **options)
+      want = rope.rotate(x[row, :n, 0], jnp.arange(n), inv_freq=inv.astype(np.float32), scale=attn)
+      np.testing.assert_allclose(q[row, :n, 0], want, atol=2e-5)
+    norms = np.linalg.norm(q, axis=-1) / np.linalg.norm(x, axis=-1)
+    expected = attention_factor or math.sqrt(1.6)
+    for row, n in enumerate(lengths):
+      np.testing.assert_allclose(norms[row, :n], expected, rtol=1e-5)  # in range too
+
+
+def test_longrope_per_sequence_keeps_the_scale_of_each_length():
+  """longrope_per_sequence with factor 0 (posenc's earlier longrope, not HF's): the scale follows
+  each sequence's s = L'/L, L = 32: 1 in range, sqrt(1.2) = 1.095 at 2L, sqrt(1.4) = 1.183 at 4L."""
+  x = _rand((3, 128, 2, 16))
+  enc = rope.Encoding(dims=_dims(128), scaling="longrope_per_sequence", original_length=32,
+                      long_factor=(1.0,) * 8)
+  enc.check(128)
+  q = _rows(enc, x, [32, 64, 128])
+  norms = np.linalg.norm(q, axis=-1) / np.linalg.norm(x, axis=-1)
+  for row, (n, scale) in enumerate([(32, 1.0), (64, 1.0954451), (128, 1.1832160)]):
+    np.testing.assert_allclose(norms[row, :n], scale, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["linear", "ntk", "yarn", "llama3", "longrope"])
+def test_static_rules_refuse_factor_zero_naming_the_fix(rule):
+  options = {"long_factor": (1.0,) * 8} if rule == "longrope" else {}
+  with pytest.raises(ConfigError) as e:
+    rope.Encoding(dims=_dims(16), scaling=rule, **options).check(96)
+  assert e.value.field == "config.encoding.factor"
+  # This run's longest sequence (96) over the original length (12), and the per-sequence rule.
+  assert "--config.encoding.factor=8 " in str(e.value)
+  assert f"--config.encoding.scaling={rule}_per_sequence" in str(e.value)
+  # Valid: a factor; the per-sequence rule with factor 0; longrope with only attention_factor.
+  rope.Encoding(dims=_dims(16), scaling=rule, factor=2.0, **options).check(96)
+  rope.Encoding(dims=_dims(16), scaling=rule + "_per_sequence", **options).check(96)
+  if rule == "longrope":
+    rope.Encoding(dims=_dims(16), scaling=rule, attention_factor=1.2, **options).check(96)
+
+
+def test_static_rule_without_factor_is_refused_by_setup():
+  """Before any compute, with the factor this run would need: eval inputs up to 48 are 96 tokens,
+  training's longest sequence 12."""
+  from posenc import setup as setup_lib
+  c = helpers.config("rope", **{"encoding.scaling": "yarn", "eval.max_length": 48})
+  with pytest.raises(ConfigError, match=r"config\.encoding\.factor: .*--config\.encoding\.factor=8 "):
+    setup_lib.setup(c)
+  c.encoding.factor = 8.0
+  setup_lib.setup(c)
+
+
+def test_static_longrope_decoding_matches_the_full_pass():
+  test_decoding_scales_every_step_by_the_sequence_length(
+      "longrope", **{"encoding.long_factor": (1.0, 2.0, 4.0, 8.0), "encoding.factor": 4.0})

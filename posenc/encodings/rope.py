@@ -18,45 +18,72 @@ Public math:
 
 HF's ``rope_scaling`` vocabulary maps onto ``encoding.*`` with the same parameter names:
 ``rope_type`` → ``scaling`` (HF ``"dynamic"`` is ``dynamic_ntk`` here; ``ntk`` is the static
-NTK-aware base), ``factor``, ``beta_fast``/``beta_slow`` (yarn), ``low_freq_factor``/
+NTK-aware base ``base·s^{d/(d−2)}``, HF's ``_compute_ntk_parameters`` in the versions that had a
+static ``"ntk"`` type), ``factor``, ``beta_fast``/``beta_slow`` (yarn), ``low_freq_factor``/
 ``high_freq_factor`` (llama3), ``short_factor``/``long_factor``/``attention_factor``
 (longrope; ``attention_factor`` also overrides yarn's), ``rope_theta`` → ``base``; HF's
-``original_max_position_embeddings`` is ``original_length`` (``L`` below).
+``original_max_position_embeddings`` is ``original_length`` (``L`` below). Not carried over:
+yarn's ``mscale``/``mscale_all_dim`` and ``truncate`` (HF's default, truncation, is what is
+computed), ``partial_rotary_factor``.
 
 Properties (tested): ``rotate(q, a)·rotate(k, b)`` depends only on ``a − b``;
 norms are preserved; the two pairings agree up to a channel permutation.
 
 The module rotates q and k (never v) in every layer; it has no parameters.
 
-Context extension (``encoding.scaling``) is decided **per sequence**, by the sequence's
-own length, never by the padded length of the evaluation bucket it is batched in. With
-``L`` the original length (``encoding.original_length``, by default ``dims.train_length``,
-the longest training sequence: input plus answer) and ``L'`` the sequence's length:
+Context extension (``encoding.scaling``). ``L`` is the original length
+(``encoding.original_length``, by default ``dims.train_length``, the longest training sequence:
+input plus answer); ``s`` is ``encoding.factor``; ``L'`` is a sequence's own length.
 
-* ``L'`` is one past the largest position among the row's real tokens (``valid``; the
-  hook asks for it and for the whole sequence's positions, ``PROJECT_VALID`` and
-  ``PROJECT_CONTEXT``). With contiguous positions from 0 that is the number of real
-  tokens (in the encoder transducer: the input plus the answer slots; in a decoder: the
-  prompt, SEP and the answer). Padding slots, whatever positions they hold, never count.
-* a sequence with ``L' ≤ L`` is never rescaled: it is rotated exactly as in training.
-* ``linear``, ``ntk`` and ``yarn`` rescale a sequence with ``L' > L`` by
-  ``s = encoding.factor`` or, when that is 0, ``s = L'/L``; so every sequence of an
-  evaluation gets its own ``s`` (reverse_string trained on inputs up to 16, ``L = 32``: an
-  input of 23 is ``L' = 46`` tokens with its answer, ``s = 46/32 ≈ 1.44``).
-* ``llama3`` rescales a sequence with ``L' > L`` like ``linear`` but per pair, by its
-  wavelength ``λ_m = 2π/θ_m``: pairs with ``λ < L/high_freq_factor`` keep ``θ``, pairs with
-  ``λ > L/low_freq_factor`` get ``θ/s``, those in between a smooth mix (same ``s``).
-* ``longrope`` (as HF) rotates every sequence by ``θ_m/short_factor[m]`` if ``L' ≤ L`` and
-  by ``θ_m/long_factor[m]`` if ``L' > L``, and scales cos and sin by ``attention_factor``
-  (0: ``sqrt(1 + ln s/ln L)``, 1 where ``s ≤ 1``, ``s = factor`` or, when that is 0,
-  ``L'/L``): so, unlike the other rules, a non-trivial ``short_factor`` (or an explicit
-  ``attention_factor``/``factor``) also applies in training, as it does in HF.
-* ``dynamic_ntk`` uses HF's rule with the sequence's length as the current length:
-  ``base' = base·(α·L'/L − (α − 1))^{d/(d−2)}``, ``α = encoding.factor`` (0 → 1, which is
-  plain NTK with ``s = L'/L``). In greedy decoding (``posenc.decoding``) the current length
-  is the same ``L'`` in the prefill and in every step (the buffer's real tokens: prompt
-  plus answer slots), so the cached keys and each new query are rotated as in the full
-  forward pass.
+**HF's names compute what HF computes.** ``linear``, ``ntk``, ``yarn`` and ``llama3`` are
+static, as in HF: the frequencies and the cos/sin scale are computed once, from ``s`` and ``L``,
+and used at every length, in range (training included, if the rule is set for training) and
+beyond:
+
+* ``linear`` (position interpolation): ``θ/s``, scale 1.
+* ``ntk``: ``θ`` of the base ``base·s^{d/(d−2)}``, scale 1.
+* ``yarn``: the per-pair ramp between ``θ`` and ``θ/s`` set by ``beta_fast``, ``beta_slow`` and
+  ``L``; scale ``attention_factor``, or (0) ``0.1·ln s + 1``.
+* ``llama3``: per pair by its wavelength ``λ_m = 2π/θ_m``: ``θ`` where ``λ < L/high_freq_factor``,
+  ``θ/s`` where ``λ > L/low_freq_factor``, a smooth mix between; scale 1.
+
+  These need ``s ≥ 1`` (HF requires its ``factor``): ``factor = 0`` is refused before any
+  compute (``config.encoding.factor``; the message gives this run's longest sequence over
+  ``L`` as the factor to set) — a static rule has no length of its own to take ``s`` from.
+* ``longrope`` (HF): the frequencies are ``θ_m/short_factor[m]`` for a sequence with ``L' ≤ L``
+  and ``θ_m/long_factor[m]`` for one with ``L' > L`` — the one length-dependent choice HF makes
+  (its ``longrope_frequency_update`` compares ``max(position_ids) + 1`` with
+  ``original_max_position_embeddings`` in each forward call; here each sequence's own ``L'``, so
+  that padding and batching never change a row) — and cos and sin are scaled by one constant:
+  ``attention_factor``, or (0) ``sqrt(1 + ln s/ln L)`` (1 where ``s ≤ 1``; HF's ``factor``, for
+  Phi-3 ``max_position_embeddings / original_max_position_embeddings``), at every length.
+  ``factor = 0`` is refused unless ``attention_factor`` is set.
+
+**Per sequence, not HF's rules**: ``linear_per_sequence``, ``ntk_per_sequence``,
+``yarn_per_sequence``, ``llama3_per_sequence`` and ``longrope_per_sequence`` keep posenc's
+earlier behaviour, decided by each sequence's own length:
+
+* a sequence with ``L' ≤ L`` is rotated exactly as without scaling (``longrope_per_sequence``:
+  ``θ/short_factor``, scaled as below with ``s = factor``, 1 when ``factor = 0``);
+* one with ``L' > L`` gets the rule with ``s = factor``, or, when ``factor = 0``, ``s = L'/L``,
+  so every sequence of an evaluation gets its own ``s`` (reverse_string trained on inputs up to
+  16, ``L = 32``: an input of 23 is ``L' = 46`` tokens with its answer, ``s = 46/32 ≈ 1.44``);
+  ``longrope_per_sequence`` scales cos/sin by ``attention_factor`` or ``sqrt(1 + ln s/ln L)``
+  with that ``s`` (with ``L = 32``: 1 in range, 1.095 at ``2L``, 1.183 at ``4L``).
+
+``dynamic_ntk`` is dynamic in HF too (its ``"dynamic"``): ``base' = base·(α·L'/L − (α −
+1))^{d/(d−2)}`` with the sequence's ``L'`` as the current length (``θ`` for ``L' ≤ L``),
+``α = encoding.factor`` (0 → 1, which is plain NTK with ``s = L'/L``).
+
+Where a rule depends on ``L'`` (``longrope``, the ``*_per_sequence`` rules, ``dynamic_ntk``),
+``L'`` is one past the largest position among the row's real tokens (``valid``; the hook asks
+for it and for the whole sequence's positions, ``PROJECT_VALID`` and ``PROJECT_CONTEXT``),
+never the padded length of the evaluation bucket it is batched in. With contiguous positions
+from 0 that is the number of real tokens (in the encoder transducer: the input plus the answer
+slots; in a decoder: the prompt, SEP and the answer). Padding slots, whatever positions they
+hold, never count. In greedy decoding (``posenc.decoding``) the current length is the same
+``L'`` in the prefill and in every step (the buffer's real tokens: prompt plus answer slots),
+so the cached keys and each new query are rotated as in the full forward pass.
 
 With randomized positions or position offsets, training positions already reach past
 ``L`` (up to ``positions.max_position``, or ``L + offset``), and ``L'`` counts positions,
@@ -75,7 +102,13 @@ import numpy as np
 from posenc.encodings.base import Encoding as _Base
 from posenc.errors import ConfigError
 
-SCALINGS = ("none", "linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope")
+# HF's rope_type names: static (longrope: its short/long choice by length, as HF) ...
+HF_RULES = ("linear", "ntk", "yarn", "llama3", "longrope")
+# ... and posenc's earlier per-sequence variants of them (not HF's rules; module docstring).
+PER_SEQUENCE = "_per_sequence"
+SCALINGS = ("none", "linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope",
+            *(rule + PER_SEQUENCE for rule in HF_RULES))
+_STATIC = ("linear", "ntk", "yarn", "llama3")  # one θ and scale at every length
 PAIRINGS = ("interleaved", "half")
 
 
@@ -127,7 +160,7 @@ def extended_frequencies(dim: int, factor, *, base: float = 10000.0, scaling: st
   exact at ``s = 1``.
   """
   _check_dim(dim)
-  if scaling not in SCALINGS or scaling in ("dynamic_ntk", "longrope"):
+  if scaling not in ("none", *_STATIC):
     raise ValueError(f"static scaling must be one of none, linear, ntk, yarn, llama3; got "
                      f"{scaling!r} (dynamic_ntk: use dynamic_ntk_frequencies; longrope: "
                      "longrope_frequencies)")
@@ -290,8 +323,9 @@ class Encoding(_Base):
 
   base: float = 10000.0
   pairing: str = "interleaved"      # or "half" (GPT-NeoX / Llama)
-  scaling: str = "none"             # sequences longer than L: linear | ntk | dynamic_ntk | yarn
-  factor: float = 0.0               # s (α for dynamic_ntk); 0: s = L'/L, per sequence
+  scaling: str = "none"             # SCALINGS: HF's static rules, dynamic_ntk, *_per_sequence
+  factor: float = 0.0               # s (α for dynamic_ntk); 0: only *_per_sequence (s = L'/L),
+                                    # dynamic_ntk (α = 1), longrope with attention_factor
   original_length: int = 0          # L; 0: dims.train_length
   beta_fast: float = 32.0           # YaRN ramp bounds (rotations within L)
   beta_slow: float = 1.0
@@ -312,8 +346,7 @@ class Encoding(_Base):
       raise ConfigError("config.encoding.base", f"must be > 1, got {self.base}")
     if self.factor != 0 and self.factor < 1:
       raise ConfigError("config.encoding.factor",
-                        f"must be >= 1 (or 0: s = each sequence's length / the training length), "
-                        f"got {self.factor}")
+                        f"must be >= 1 (or 0 where the rule allows it), got {self.factor}")
     if self.original_length < 0:
       raise ConfigError("config.encoding.original_length",
                         f"must be >= 0 (0: the training length), got {self.original_length}")
@@ -321,19 +354,20 @@ class Encoding(_Base):
       raise ConfigError("config.encoding.original_length",
                         f"scaling={self.scaling!r} needs the original training length; set "
                         "--config.encoding.original_length")
-    if self.scaling == "yarn" and not self.beta_fast > self.beta_slow > 0:
+    rule, per_sequence = self._rule()
+    if rule == "yarn" and not self.beta_fast > self.beta_slow > 0:
       raise ConfigError("config.encoding.beta_fast",
                         f"YaRN needs beta_fast > beta_slow > 0, got {self.beta_fast} and {self.beta_slow}")
-    if self.scaling == "ntk" and self.dims.head_dim <= 2:
+    if rule == "ntk" and self.dims.head_dim <= 2:
       raise ConfigError("config.model.num_heads", "ntk scaling needs a head width above 2")
-    if self.scaling == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
+    if rule == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
       raise ConfigError("config.encoding.high_freq_factor",
                         f"llama3 needs high_freq_factor > low_freq_factor > 0, got "
                         f"{self.high_freq_factor} and {self.low_freq_factor} (HF's defaults: 4 and 1)")
     if self.attention_factor < 0:
       raise ConfigError("config.encoding.attention_factor",
                         f"must be >= 0 (0: the rule's own default), got {self.attention_factor}")
-    if self.scaling == "longrope":
+    if rule == "longrope":
       half = self.dims.head_dim // 2
       for name, values, required in (("long_factor", self.long_factor, True),
                                      ("short_factor", self.short_factor, False)):
@@ -345,46 +379,101 @@ class Encoding(_Base):
           raise ConfigError(f"config.encoding.{name}",
                             f"longrope needs {half} positive numbers (one per rotary pair, d_h/2), "
                             f"got {values!r}; e.g. --config.encoding.{name}=\"{(1.0,) * half}\"")
+    if not per_sequence and self.factor == 0 and (
+        rule in _STATIC or (rule == "longrope" and not self.attention_factor)):
+      L = self._original_length()
+      example = (f"--config.encoding.factor={max(1.0, max_position / L):g} (this run's longest "
+                 f"sequence, {max_position} positions, over original_length {L})")
+      per_sequence_fix = (f"or --config.encoding.scaling={rule}{PER_SEQUENCE} to take s from each "
+                          "sequence's own length (posenc's per-sequence rule, not HF's)")
+      if rule == "longrope":
+        raise ConfigError(
+            "config.encoding.factor",
+            "scaling='longrope' scales cos and sin by one constant at every length, as Hugging "
+            "Face does: attention_factor, or sqrt(1 + ln s / ln original_length) from the factor "
+            "s (HF's rope_scaling 'factor'), and both are 0; set " + example +
+            ", or --config.encoding.attention_factor=A, " + per_sequence_fix)
+      raise ConfigError(
+          "config.encoding.factor",
+          f"scaling={rule!r} is Hugging Face's static rule: its frequencies come from one factor "
+          "s (HF's rope_scaling 'factor', required there too) and apply at every length, so it "
+          "needs factor >= 1, not 0; set " + example + ", " + per_sequence_fix +
+          " and rescale only sequences longer than original_length")
 
   def _original_length(self) -> int:
     return self.original_length or self.dims.train_length
 
+  def _rule(self) -> tuple[str, bool]:
+    """``(rule, per_sequence)``: ``"yarn_per_sequence"`` is ``("yarn", True)``."""
+    if self.scaling.endswith(PER_SEQUENCE):
+      return self.scaling[:-len(PER_SEQUENCE)], True
+    return self.scaling, False
+
+  def _length_free(self) -> bool:
+    """Whether every sequence gets the same frequencies and scale (none, HF's static rules)."""
+    rule, per_sequence = self._rule()
+    return rule == "none" or (rule in _STATIC and not per_sequence)
+
+  def _static(self) -> tuple[jax.Array, jax.Array]:
+    """Frequencies ``[Dh/2]`` and cos/sin scale ``[]`` of HF's static rule, for ``s = factor``."""
+    d, L = self.dims.head_dim, self._original_length()
+    rule, _ = self._rule()
+    if rule == "none":
+      return frequencies(d, self.base), jnp.ones((), jnp.float32)
+    theta, scale = extended_frequencies(d, float(self.factor), base=self.base, scaling=rule,
+                                        original_length=L, beta_fast=self.beta_fast,
+                                        beta_slow=self.beta_slow,
+                                        low_freq_factor=self.low_freq_factor,
+                                        high_freq_factor=self.high_freq_factor)
+    if self.attention_factor and rule == "yarn":
+      scale = jnp.asarray(self.attention_factor, jnp.float32)
+    return theta, scale
+
   def sequence_frequencies(self, length) -> tuple[jax.Array, jax.Array]:
     """Frequencies ``[*S, Dh/2]`` and cos/sin scales ``[*S]`` of sequences of length ``length``
-    (``L'``, any shape ``S``, may be traced): exactly ``θ`` and 1 where ``L' ≤ L``, except
-    under ``longrope`` (``θ/short_factor`` and its attention factor, as in training)."""
+    (``L'``, any shape ``S``, may be traced): the same for every ``L'`` under HF's static rules;
+    ``longrope`` picks short or long factors by ``L'``; the ``*_per_sequence`` rules and
+    ``dynamic_ntk`` give exactly ``θ`` and 1 where ``L' ≤ L`` (``longrope_per_sequence``:
+    ``θ/short_factor``) and rescale by ``L'`` beyond (module docstring)."""
     d, L = self.dims.head_dim, self._original_length()
     length = jnp.asarray(length, jnp.float32)
-    theta = jnp.broadcast_to(frequencies(d, self.base), (*length.shape, d // 2))
     ones = jnp.ones(length.shape, jnp.float32)
-    if self.scaling == "none":
-      return theta, ones
+    if self._length_free():
+      theta, scale = self._static()
+      return jnp.broadcast_to(theta, (*length.shape, d // 2)), scale * ones
+    rule, per_sequence = self._rule()
+    theta = jnp.broadcast_to(frequencies(d, self.base), (*length.shape, d // 2))
     beyond = length > L
-    if self.scaling == "longrope":
+    if rule == "longrope":
       factors = lambda values: jnp.asarray(tuple(values) or (1.0,) * (d // 2), jnp.float32)
       ext = jnp.where(beyond[..., None], factors(self.long_factor), factors(self.short_factor))
-      s = self.factor or jnp.maximum(length / L, 1.0)
-      scale = (self.attention_factor * ones if self.attention_factor
-               else longrope_attention_factor(s * ones, L))
+      if self.attention_factor:
+        scale = self.attention_factor * ones
+      elif per_sequence:
+        s = self.factor or jnp.maximum(length / L, 1.0)
+        scale = longrope_attention_factor(s * ones, L)
+      else:  # HF: one constant, from the configured factor
+        scale = longrope_attention_factor(float(self.factor), L) * ones
       return longrope_frequencies(d, ext, base=self.base), scale
-    if self.scaling == "dynamic_ntk":
+    if rule == "dynamic_ntk":
       scaled = dynamic_ntk_frequencies(d, length, base=self.base, original_length=L,
                                        factor=self.factor or 1.0)
       scale = ones
     else:
       s = jnp.where(beyond, self.factor or length / L, 1.0)
-      scaled, scale = extended_frequencies(d, s, base=self.base, scaling=self.scaling,
+      scaled, scale = extended_frequencies(d, s, base=self.base, scaling=rule,
                                            original_length=L, beta_fast=self.beta_fast,
                                            beta_slow=self.beta_slow,
                                            low_freq_factor=self.low_freq_factor,
                                            high_freq_factor=self.high_freq_factor)
-      if self.attention_factor and self.scaling == "yarn":
+      if self.attention_factor and rule == "yarn":
         scale = self.attention_factor * ones
     return jnp.where(beyond[..., None], scaled, theta), jnp.where(beyond, scale, 1.0)
 
   def static_frequencies(self) -> tuple[jax.Array, jax.Array]:
     """Frequencies and cos/sin scale of a sequence that fills this program's bound
-    (``L' = dims.max_position``): those of the longest sequence the program can hold."""
+    (``L' = dims.max_position``): those of the longest sequence the program can hold (under
+    HF's static rules, those of every sequence)."""
     return self.sequence_frequencies(self.dims.max_position)
 
   @staticmethod
@@ -405,8 +494,9 @@ class Encoding(_Base):
     """``context``: the whole sequence's positions (default ``k_pos``); ``valid``: its real
     tokens (default all), from which each row's ``L'`` is read."""
     del layer
-    if self.scaling == "none":
-      theta, scale = frequencies(self.dims.head_dim, self.base)[None], jnp.ones((1,), jnp.float32)
+    if self._length_free():
+      theta, scale = self._static()
+      theta, scale = theta[None], scale[None]
     else:
       context = k_pos if context is None else context
       valid = jnp.ones(context.shape, bool) if valid is None else valid
