@@ -275,3 +275,16 @@ def test_num_buckets_is_checked_and_leaves_the_run_identity_alone():
   b = helpers.config("sinusoidal", **{"train.num_buckets": 5})
   assert train.config_hash(a) == train.config_hash(b)  # how a run computes, not what
   assert "train.num_buckets" not in train._config_diff(a.to_dict(), b.to_dict())
+
+
+def test_num_buckets_is_in_the_config_hash():
+  """Padding to another bucket changes a run's rounding, so the same seed trains to other bits:
+  a run made with another train.num_buckets is another run (another workdir name; a sweep does
+  not count it as done)."""
+  from posenc.setup import config_hash
+  a = helpers.config("sinusoidal", **{"train.num_buckets": 1})
+  b = helpers.config("sinusoidal", **{"train.num_buckets": 4})
+  assert config_hash(a) != config_hash(b)
+  c = helpers.config("sinusoidal", **{"eval.micro_batch": 2, "train.num_buckets": 1})
+  c.plots = True
+  assert config_hash(c) == config_hash(a)  # how evaluation is split and plots: not results
