@@ -3,6 +3,7 @@
   python -m experiments.run --config=configs/sinusoidal.py
   python -m experiments.run --config=configs/sinusoidal.py:smoke --config.train.steps=50 --workdir=/tmp/r
   python -m experiments.run --config=configs/sweeps/chomsky.py:paper --sweep_index=17
+  python -m experiments.run --config=configs/rope.py:smoke --show_config   # every config field
 
 With ``--sweep_index=N`` the config is a sweep file and the run is its point N (see
 experiments/sweeping.py); ``--config.x=y`` overrides win over the point's values, and the
@@ -36,6 +37,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: runs/<deri
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host runs; also automatic "
     "when JAX_COORDINATOR_ADDRESS is set). Only process 0 writes metrics and results.")
+_SHOW = flags.DEFINE_bool(
+    "show_config", False, "Print every config.* field of this config (file, preset, sweep point "
+    "and --config.x=y overrides applied) with its value and meaning, and exit; runs nothing.")
 _SWEEP_INDEX = flags.DEFINE_integer(
     "sweep_index", None, "With a sweep config (configs/sweeps/*.py): run its point N, 0-based "
     "(python -m experiments.sweep --config=... --count says how many).")
@@ -56,12 +60,20 @@ def sweep_point(config):
                       "configs/sweeps/*.py, or drop --sweep_index")
   points = sweeping.points(sweeping.load_module(path), config)
   if not 0 <= index < len(points):
-    raise ConfigError("--sweep_index", f"{index} is out of range: this sweep has {len(points)} "
-                      f"points, 0..{len(points) - 1}")
+    raise ConfigError("--sweep_index", f"{index} is out of range: this sweep has "
+                      f"{sweeping.count(len(points), 'point')}, 0..{len(points) - 1}")
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   resolved = sweeping.resolve(config, points[index], index, overrides)
   print(f"sweep point {index} of {len(points)}: {sweeping.describe(points[index])}", flush=True)
   return resolved
+
+
+def show_config(config) -> None:
+  """``--show_config``: every field with its value and meaning (posenc/config_fields.py)."""
+  from posenc import config_fields
+  arg = config_flags.get_config_filename(flags.FLAGS["config"])
+  arg = arg if ":" in arg else f"{arg}:{config.get('preset', 'default')}"
+  print(config_fields.render(config, f"{arg}: every field (set one with --config.<field>=<value>)"))
 
 
 def main(argv):
@@ -77,6 +89,17 @@ def main(argv):
   # A check failing inside a compiled step (e.g. FLOATER's ODE solver) is also logged, with a
   # traceback, by JAX's callback machinery; train.py reports the error itself as one line.
   std_logging.getLogger("jax._src.callback").setLevel(std_logging.CRITICAL)
+  if _SHOW.value:
+    try:
+      config = sweep_point(_CONFIG.value)
+    except ConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    if _WORKDIR.value:
+      with config.unlocked():
+        config.workdir = _WORKDIR.value
+    show_config(config)
+    return
   # imports JAX; after flag parsing: --help is instant
   from posenc import host_memory, parallel, setup as setup_lib, train, workdir_lock
   distributed = parallel.maybe_initialize_distributed(force=_DISTRIBUTED.value)
@@ -106,4 +129,4 @@ def main(argv):
 
 if __name__ == "__main__":
   from experiments import cli
-  cli.main_with_clear_errors(main)
+  cli.main_with_clear_errors(main, "experiments.run", "configs/rope.py:smoke")

@@ -4,6 +4,7 @@
   python -m experiments.sweep --config=configs/sweeps/chomsky.py --count
   python -m experiments.sweep --config=configs/sweeps/chomsky.py:paper --print_commands
   python -m experiments.sweep --config=configs/sweeps/atlas.py --root=experiments/atlas --list
+  python -m experiments.sweep --config=configs/sweeps/chomsky.py:smoke --show_config
 
 Run locally, points go one after another in this process (``posenc.train.train_and_evaluate``
 per point). A point whose workdir has a ``DONE`` for the same config is skipped without touching
@@ -54,6 +55,9 @@ _CACHE = flags.DEFINE_string(
     "compilation_cache", "", "JAX's persistent compilation cache folder, shared by the points "
     "(seeds of one scheme and task compile to the same programs). Default: <root>/.jax_cache; "
     "'none' turns it off.")
+_SHOW = flags.DEFINE_bool(
+    "show_config", False, "Print every config.* field of the sweep's base config (sweep.* included, "
+    "--config.x=y overrides applied) with its value and meaning, and exit; runs nothing.")
 _STOP = flags.DEFINE_bool("stop_on_error", False, "Stop at the first failed point (default: go on, "
                           "list the failures at the end, exit 1).")
 
@@ -78,8 +82,14 @@ def main(argv):
     if _ROOT.value:
       with config.unlocked():
         config.workdir = _ROOT.value
-    shard = sweeping.parse_shard(_SHARD.value)
     config_arg = config_flags.get_config_filename(flags.FLAGS["config"])
+    if _SHOW.value:
+      from posenc import config_fields
+      arg = config_arg if ":" in config_arg else f"{config_arg}:{config.preset}"
+      print(config_fields.render(config, f"{arg}: every field of the sweep's base config (set one "
+                                 "with --config.<field>=<value>; it applies to every point)"))
+      return
+    shard = sweeping.parse_shard(_SHARD.value)
     module = sweeping.load_module(config_arg)
     overrides = config_flags.get_override_values(flags.FLAGS["config"])
     resolved = sweeping.resolve_all(module, config, overrides)  # every point checked first
@@ -89,7 +99,7 @@ def main(argv):
         finished = sweeping.finished(c)
         done += finished
         print(f"{i} {'done' if finished else 'todo'} {sweeping.describe(point)} -> {c.workdir}")
-      print(f"{done} of {len(resolved)} points finished")
+      print(f"{done} of {sweeping.count(len(resolved), 'point')} finished")
       return
     if _COUNT.value and not _PRINT.value:
       print(len(resolved))
@@ -109,7 +119,9 @@ def main(argv):
     if problems:
       for i, text in problems:
         print(f"error: sweep point {i} ({sweeping.describe(resolved[i][0])}): {text}", file=sys.stderr)
-      print(f"error: {len(problems)} point(s) cannot run; fix them, or leave them out with "
+      them = "it" if len(problems) == 1 else "them"
+      print(f"error: {sweeping.count(len(problems), 'point')} cannot run; fix {them}, or leave "
+            f"{them} out with "
             "--config.sweep.schemes / --config.sweep.tasks", file=sys.stderr)
       sys.exit(2)
     sweeping.enable_compilation_cache(_CACHE.value or os.path.join(config.workdir, ".jax_cache"))
@@ -124,4 +136,4 @@ def main(argv):
 
 if __name__ == "__main__":
   from experiments import cli
-  cli.main_with_clear_errors(main)
+  cli.main_with_clear_errors(main, "experiments.sweep", "configs/sweeps/chomsky.py:smoke")

@@ -290,6 +290,26 @@ def enable_compilation_cache(path: str) -> None:
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+  """``"1 point"``, ``"3 points"``."""
+  return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def summary(status: Mapping[str, Sequence[int]], mine: int, n: int,
+            shard: tuple[int, int] = (0, 1)) -> str:
+  """The last line of :func:`run_points`: how many of this worker's ``mine`` points ran, were
+  finished before, were running elsewhere or failed (of ``n`` in the sweep)."""
+  failed, elsewhere = status["failed"], status["elsewhere"]
+  where = f" (shard {shard[0]}/{shard[1]} of {n})" if shard[1] > 1 else ""
+  return (f"sweep: {count(mine, 'point')}{where}: {len(status['ran'])} run, "
+          f"{len(status['skipped'])} skipped (finished), "
+          + (f"{len(elsewhere)} running elsewhere (run this command again after those workers end "
+             "to pick up any they left unfinished), " if elsewhere else "")
+          + f"{len(failed)} failed"
+          + (f": {'index' if len(failed) == 1 else 'indices'} {', '.join(map(str, failed))}"
+             if failed else ""))
+
+
 def _fmt(v: float | None) -> str:
   return "n/a" if v is None else f"{v:.3f}"
 
@@ -352,12 +372,7 @@ def run_points(resolved: Sequence[tuple[dict[str, Any], ml_collections.ConfigDic
     say(f"{tag} done in {time.perf_counter() - t0:.0f}s: {results['scheme']} on {results['task']} "
         f"seed {results['seed']}: in-range {_fmt(results['in_range_score'])}, "
         f"beyond {_fmt(results['out_of_range_score'])}")
-  failed, elsewhere = status["failed"], status["elsewhere"]
-  say(f"sweep: {len(mine)} points{f' (shard {shard[0]}/{shard[1]} of {n})' if shard[1] > 1 else ''}: "
-      f"{len(status['ran'])} run, {len(status['skipped'])} skipped (finished), "
-      + (f"{len(elsewhere)} running elsewhere (run this command again after those workers end "
-         "to pick up any they left unfinished), " if elsewhere else "")
-      + f"{len(failed)} failed" + (f": indices {', '.join(map(str, failed))}" if failed else ""))
+  say(summary(status, len(mine), n, shard))
   return status
 
 

@@ -108,6 +108,13 @@ def evaluation_programs(s: Setup, params, key: jax.Array, *, num_seeds: int = 1,
     yield EvalProgram(list(lengths), padded, micro, score, calls)
 
 
+def dispatch_line(lengths, padded: int, micro: int, batch_size: int, elapsed: float) -> str:
+  """The log line of one dispatched evaluation program (its lengths, padding, rows per pass)."""
+  span = f"length {lengths[0]}" if lengths[0] == lengths[-1] else f"lengths {lengths[0]}–{lengths[-1]}"
+  passes = f", {micro} row{'' if micro == 1 else 's'} per pass" if micro < batch_size else ""
+  return f"eval: {span} (padded to {padded}{passes}) dispatched, {elapsed:.1f}s"
+
+
 def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | None = print,
              num_seeds: int = 1, greedy: bool = False):
   """Scores every length in ``[eval.min_length, eval.max_length]``; one program per bucket.
@@ -125,9 +132,8 @@ def evaluate(s: Setup, params, key: jax.Array, *, log: Callable[[str], None] | N
     for length, args in prog.calls:  # dispatched without waiting: the host runs ahead
       sums.setdefault(length, []).append(prog.score(*args))
     if log:
-      passes = f", {prog.micro} rows per pass" if prog.micro < batch_size else ""
-      log(f"eval: lengths {prog.lengths[0]}–{prog.lengths[-1]} (padded to {prog.padded}{passes}) "
-          f"dispatched, {time.perf_counter() - t0:.1f}s")
+      log(dispatch_line(prog.lengths, prog.padded, prog.micro, batch_size,
+                        time.perf_counter() - t0))
   metrics = 3 if greedy else 1
   per_seed = [[{} for _ in range(num_seeds)] for _ in range(metrics)]
   for length, parts in sums.items():

@@ -331,7 +331,8 @@ def acquire_on_process_0(workdir: str) -> WorkdirLock:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m posenc.workdir_lock",
-      description="Says who holds a workdir's lock (exit 0: free, 1: held), or with --hold "
+      description="Says who holds a workdir's lock (exit 0: free, 1: held, 2: no such folder "
+      "or an error), or with --hold (which creates a missing folder) "
       "takes it and keeps it until killed: to check that a shared filesystem's locks work "
       "across hosts (hold on one host, ask from another).")
   parser.add_argument("workdir")
@@ -351,6 +352,14 @@ def main(argv: list[str] | None = None) -> int:
       except KeyboardInterrupt:
         lock.release()
         return 0
+    if not os.path.exists(args.workdir):
+      print(f"error: {args.workdir}: no such folder; no run has used it (a run creates its "
+            "workdir), so there is no lock to ask about", file=sys.stderr)
+      return 2
+    if not os.path.isdir(args.workdir):
+      print(f"error: {args.workdir}: a file, not a folder; pass a run's workdir",
+            file=sys.stderr)
+      return 2
     who = holder(args.workdir)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -20,6 +20,9 @@
 # redoes what is missing. Collect when the array is done:
 #   python -m experiments.collect /scratch/$USER/chomsky-paper
 #
+# DRY_RUN=1 prints the command instead of running it: the sbatch line on the login node (after
+# counting the points), or, with SLURM_ARRAY_TASK_ID=<i> set, the array task's experiments.run.
+#
 # Edit the resources below to your cluster (partition, account, GPU type).
 #SBATCH --job-name=posenc-sweep
 #SBATCH --array=0-0
@@ -43,14 +46,24 @@ shift 2
 if [[ -z "${SLURM_ARRAY_TASK_ID:-}" ]]; then
   # On the login node: count the points (this also checks every one of them) and submit.
   N=$(python -m experiments.sweep --config="$CONFIG" --root="$ROOT" --count "$@")
-  echo "submitting $N points of $CONFIG into $ROOT"
+  SUBMIT=(sbatch --array="0-$((N - 1))%${MAX_PARALLEL:-64}" --output="$ROOT/slurm/%A_%a.out"
+          "$0" "$CONFIG" "$ROOT" "$@")
+  if [[ "${DRY_RUN:-0}" == "1" ]]; then
+    printf '%q ' "${SUBMIT[@]}" | sed 's/ $/\n/'
+    exit 0
+  fi
+  echo "submitting $N point(s) of $CONFIG into $ROOT"
   mkdir -p "$ROOT/slurm"
-  exec sbatch --array="0-$((N - 1))%${MAX_PARALLEL:-64}" --output="$ROOT/slurm/%A_%a.out" \
-    "$0" "$CONFIG" "$ROOT" "$@"
+  exec "${SUBMIT[@]}"
 fi
 
 # In an array task. Activate your environment here if the job does not inherit it, e.g.
 #   source "$SLURM_SUBMIT_DIR/.venv/bin/activate"
 cd "${SLURM_SUBMIT_DIR:-.}"
-exec python -m experiments.run --config="$CONFIG" --sweep_index="$SLURM_ARRAY_TASK_ID" \
-  --config.workdir="$ROOT" "$@"
+RUN=(python -m experiments.run --config="$CONFIG" --sweep_index="$SLURM_ARRAY_TASK_ID"
+     --config.workdir="$ROOT" "$@")
+if [[ "${DRY_RUN:-0}" == "1" ]]; then
+  printf '%q ' "${RUN[@]}" | sed 's/ $/\n/'
+  exit 0
+fi
+exec "${RUN[@]}"

@@ -77,9 +77,10 @@ def test_a_lock_refuses_everyone_else_until_released_and_leaves_no_trace(tmp_pat
   assert _ask(wd)[0] == 1
   lock.release()
   assert not wd.exists()  # the lock created the folder and nothing else was written there
-  assert workdir_lock.holder(str(wd)) is None and _ask(wd) == (0, f"{wd}: free")
+  assert workdir_lock.holder(str(wd)) is None
   # A folder that existed before keeps existing; only the lock file goes.
   wd.mkdir()
+  assert _ask(wd) == (0, f"{wd}: free")
   (wd / "config.json").write_text("{}")
   with workdir_lock.acquire(str(wd)):
     assert (wd / ".lock").exists()
@@ -90,6 +91,20 @@ def test_a_lock_refuses_everyone_else_until_released_and_leaves_no_trace(tmp_pat
   assert not (tmp_path / "a").exists()
   with pytest.raises(ConfigError, match=r"^--workdir: .*config\.json' is a file, not a directory"):
     workdir_lock.acquire(str(wd / "config.json"))
+
+
+def test_asking_about_a_missing_folder_or_a_file_says_so_instead_of_free(tmp_path, capsys):
+  missing = tmp_path / "no" / "such"
+  assert workdir_lock.main([str(missing)]) == 2
+  out, err = capsys.readouterr()
+  assert out == "" and err.startswith(f"error: {missing}: no such folder; no run has used it")
+  assert not missing.exists() and not (tmp_path / "no").exists()  # asking creates nothing
+  a_file = tmp_path / "f"
+  a_file.write_text("x")
+  assert workdir_lock.main([str(a_file)]) == 2
+  assert capsys.readouterr().err == f"error: {a_file}: a file, not a folder; pass a run's workdir\n"
+  assert workdir_lock.main([str(tmp_path)]) == 0
+  assert capsys.readouterr().out == f"{tmp_path}: free\n"
 
 
 def test_a_sigkilled_holder_leaves_no_lock_and_its_details_are_replaced(tmp_path):
@@ -188,7 +203,8 @@ def test_a_sweep_point_is_run_finished_or_running_elsewhere(tmp_path, monkeypatc
   monkeypatch.setattr(sweeping, "finished", lambda config: next(looks))
   decision, lock, _ = sweeping.claim(c)
   assert (decision, lock) == ("finished", None)
-  assert _ask(c.workdir)[0] == 0 and not os.path.exists(c.workdir)
+  assert not os.path.exists(c.workdir)  # released, and the folder the lock made is gone
+  assert _ask(c.workdir)[0] == 2  # so there is nothing to ask about: "no such folder"
 
 
 def test_two_sweep_workers_on_one_root_run_every_point_exactly_once(tmp_path):
