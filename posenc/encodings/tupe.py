@@ -5,7 +5,7 @@ Positions never enter the token stream. Every layer's logits are
 
     s_ij = (x_i W^Q)(x_j W^K)ᵀ / sqrt(2·d_h) + (p_i U^Q)(p_j U^K)ᵀ / sqrt(2·d_h)  [+ b_{j−i}]
 
-with ``p = LayerNorm(P)`` rows of a learned absolute table ``P ∈ R^{max_len × d}``
+with ``p = LayerNorm(P)`` rows of a learned absolute table ``P ∈ R^{n × d}`` (see below)
 and per-head projections ``U^Q, U^K`` (one ``d → 2d`` linear with bias, split
 into heads, as the official ``pos_proj``). The position term depends on
 positions only, so it is computed from parameters created once and is the same
@@ -24,8 +24,29 @@ applied, so it keeps PyTorch's ``nn.Embedding`` default ``N(0, 1)``.
 
 Not applicable: the paper's [CLS] untie (a dedicated position pair for the
 first token, and extra T5 buckets for it): these tasks have no [CLS] token.
-The table has ``max_len`` rows: runs needing a position past it are refused.
 Encoder only, as published.
+
+Positions past training. A row of ``P`` gets a gradient only when a real training token
+sits at its position, and an untrained row is not harmless here: LayerNorm scales its
+N(0, 0.02) initialisation up to the norm of a trained row, and ``U^Q, U^K`` turn it into a
+full-size random position term. So, as in :mod:`posenc.encodings.hierarchical`, the table
+has by default exactly ``n = Dims.train_positions`` rows (``max_len = 0``: the training
+bound, input plus answer of the longest training sequence plus the offset, or
+``positions.max_position`` for randomized positions / random offsets), and what a position
+``≥ n`` receives is ``fallback``:
+
+* ``"clamp"`` (default): the last trained row, ``p_{n−1}``: every later position has
+  position ``n − 1``'s term (attention among them is content only, plus that constant);
+* ``"error"``: a run that needs a position ``≥ n`` is refused before any compute,
+  naming ``config.encoding.fallback``.
+
+An explicit ``max_len`` sets the parameter's rows (e.g. 128 or 1,024, the table of runs
+made before this contract, so that they load with ``config.init.from_workdir``), and still
+only the first ``min(max_len, n)`` rows are read as positions: rows past the training
+bound are never read. With a fixed ``positions.offset``, rows below the offset are never
+trained either (use randomized positions or a random offset if that matters).
+``results.json``'s ``encoding_report`` records ``table_rows``, ``trained_rows`` (those read),
+``train_positions`` and ``fallback_clamp`` (1: clamp, 0: error).
 """
 
 from __future__ import annotations
@@ -36,7 +57,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from posenc.encodings import t5
+from posenc.encodings import learned, t5
 from posenc.encodings.base import Encoding as _Base
 from posenc.errors import ConfigError
 
@@ -65,15 +86,24 @@ class Encoding(_Base):
   MODE_REASON = "TUPE is published only for bidirectional, BERT-style encoders"
   CONTENT_SCALE = 1.0 / math.sqrt(2.0)  # content q·k / sqrt(2·d_h)
 
-  max_len: int = 256
+  max_len: int = 0  # 0: the training bound (Dims.train_positions)
+  fallback: str = "clamp"  # a position past the trained rows: "clamp" (the last one) | "error"
   relative: bool = False  # TUPE-R: add the T5 bucketed bias
   num_buckets: int = 32
   max_distance: int = 128
 
+  def rows(self) -> int:
+    """Rows of the parameter: ``max_len``, or the training bound when ``max_len`` is 0."""
+    return learned.trained_table(self.max_len, self.dims.train_positions)[0]
+
+  def basis(self) -> int:
+    """``n``: the rows read as positions, those below the training bound."""
+    return learned.trained_table(self.max_len, self.dims.train_positions)[1]
+
   def setup(self):
     d, h, dh = self.dims.d_model, self.dims.num_heads, self.dims.head_dim
     init = nn.initializers.normal(0.02)
-    self.table = self.param("pos", init, (self.max_len, d), jnp.float32)
+    self.table = self.param("pos", init, (self.rows(), d), jnp.float32)
     self.pos_norm = nn.LayerNorm(epsilon=1e-5)  # fairseq LayerNorm default
     self.u_q = self.param("pos_q_kernel", init, (d, h, dh), jnp.float32)
     self.b_q = self.param("pos_q_bias", nn.initializers.zeros, (h, dh), jnp.float32)
@@ -84,13 +114,8 @@ class Encoding(_Base):
                                   (self.num_buckets, h), jnp.float32)
 
   def check(self, max_position):
-    if self.max_len < 1:
-      raise ConfigError("config.encoding.max_len", f"must be >= 1, got {self.max_len}")
-    if max_position > self.max_len:
-      raise ConfigError(
-          "config.encoding.max_len",
-          f"positions up to {max_position - 1} are needed but the TUPE position table has "
-          f"{self.max_len} rows; raise --config.encoding.max_len to at least {max_position}")
+    learned.check_trained_table(self.max_len, self.fallback, max_position,
+                                self.dims.train_positions, "the TUPE position table")
     if self.relative:
       if self.num_buckets < 4 or self.num_buckets % 2:
         raise ConfigError("config.encoding.num_buckets",
@@ -100,12 +125,21 @@ class Encoding(_Base):
                           f"must exceed the exact range ({self.num_buckets // 4}) of "
                           f"{self.num_buckets} bidirectional buckets, got {self.max_distance}")
 
+  def report(self, train_positions: int) -> dict:
+    """The table's rows, the trained rows read, the training bound and the fallback
+    (``results.json``)."""
+    del train_positions  # the training program's padded bound; Dims has the real one
+    return learned.table_report(self.rows(), self.basis(), self.dims.train_positions,
+                                self.fallback)
+
   def logits(self, q, k, q_pos, k_pos, layer):
     del q, k, layer  # parameters shared by all layers: the term is identical in each
-    # check() refuses runs past the table; the clip only keeps padding reads in range.
-    q_rows = jnp.clip(q_pos, 0, self.max_len - 1)
-    k_rows = jnp.clip(k_pos, 0, self.max_len - 1)
-    term = position_logits(self.pos_norm(self.table), self.u_q, self.b_q, self.u_k, self.b_k,
+    # Only the n trained rows are positions; later ones read row n − 1 (fallback "clamp"; with
+    # "error" check() refused the run, and the clip only keeps padding in range).
+    n = self.basis()
+    q_rows = jnp.clip(q_pos, 0, n - 1)
+    k_rows = jnp.clip(k_pos, 0, n - 1)
+    term = position_logits(self.pos_norm(self.table[:n]), self.u_q, self.b_q, self.u_k, self.b_k,
                            q_rows, k_rows)
     if self.relative:
       term = term + t5.bias(self.rel_table, q_pos, k_pos, bidirectional=True,
