@@ -59,7 +59,7 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
   return c is not None and c.every > 0
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def validate(config: ml_collections.ConfigDict, task=None) -> None:
   """Refuses bad criterion fields (ConfigError naming the field) before any compute."""
   c = config.get("criterion")
   if c is None:
@@ -78,6 +78,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"must be a positive integer, got {c.samples_per_length!r}")
   if c.metric not in METRICS:
     raise ConfigError("config.criterion.metric", f"unknown {c.metric!r}; choose one of {METRICS}")
+  if c.every > 0 and hasattr(task, "evaluate"):
+    raise ConfigError("config.criterion.every", f"the {config.task.name} task has its own "
+                      "evaluation protocol and no in-range accuracy to reach; set "
+                      "--config.criterion.every=0 (train for train.steps)")
   if c.every > 0 and c.metric == "exact_match" and not config.eval.greedy:
     raise ConfigError("config.criterion.metric", "exact match needs greedy decoding: set "
                       "--config.eval.greedy=True (a decoder) or --config.criterion.metric=accuracy")

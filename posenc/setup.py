@@ -202,7 +202,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     raise ConfigError("config.eval.greedy", f"the {t.name} task has its own evaluation protocol "
                       "and no prompt/answer split to decode; set --config.eval.greedy=False")
   positions_lib.validate(config.positions)
-  criterion.validate(config)
+  criterion.validate(config, task)
   eval_seed = config.eval.get("seed", -1)
   if not isinstance(eval_seed, int) or isinstance(eval_seed, bool) or eval_seed < -1:
     raise ConfigError("config.eval.seed", f"must be an integer >= -1 (-1: the run's seed), "

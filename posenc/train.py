@@ -267,7 +267,8 @@ class StepPrograms:
   def compiled_line(self, compile_s: float) -> str:
     if self.buckets:
       pads = ", ".join(str(p) for p in self.padded)
-      return (f"compiled {len(self.buckets)} training programs (one per bucket of lengths, "
+      n = len(self.buckets)
+      return (f"compiled {n} training program{'s' if n > 1 else ''} (one per bucket of lengths, "
               f"padded to {pads}) in {compile_s:.1f}s")
     return f"compiled the training step in {compile_s:.1f}s"
 

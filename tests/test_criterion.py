@@ -154,3 +154,14 @@ def test_a_fixed_evaluation_seed_shares_the_samples_between_seeds():
   c.eval.seed = -1
   key = evaluation_key(c, root_keys(0, 2)["eval"])
   np.testing.assert_array_equal(key[1], root_keys(1)["eval"])
+
+
+def test_default_presets_train_to_the_criterion_and_lm_is_refused_one():
+  assert helpers.config(SCHEME, "default").criterion.every > 0
+  assert helpers.config("floater", "default").criterion.every > 0
+  from configs.lm import base as lm_base
+  lm = lm_base.get_config("smoke")
+  assert lm.criterion.every == 0
+  lm.criterion.every = 2
+  with pytest.raises(ConfigError, match="config.criterion.every.*own evaluation protocol"):
+    train.setup(lm)
