@@ -22,16 +22,25 @@ Writes to ``--out``:
   ``heatmaps/<form>_<metric>.png`` — per model form (encoder, decoder), schemes × tasks, the
   mean over seeds beyond the training lengths beside the one in range, the colour scale fixed
   per task from chance (1 / output vocabulary) to 1; greedy exact match gets its own map
-  (chance 0). Their numbers, a per-task **best** row and the chance row open ``results.md``.
+  (chance 0); each cell its mean and 95% bootstrap interval, hatched where fewer than half the
+  seeds learned in range, best / tied-best cells boxed (experiments/stats.py). Their numbers
+  (mean [interval], max, learned / seeds), a per-task **best** row, the chance row and a ranking
+  table with ties open ``results.md``; with ``--baselines`` (or ``"baselines": true``) also the
+  rules of experiments.baselines per task.
+* ``results_cells.csv`` — one row per form, metric, scheme row, task and range: seeds, mean,
+  95% bootstrap interval, max, seeds learned / seeds, rank and best / tied mark. ``results.csv``
+  carries each run's ``learned`` (and how it was decided).
 
 The report depends on the runs' files only: rows sorted, floats in fixed formats, paths
 relative, PNGs without a version stamp (``PNG_METADATA``), stale PNGs removed; collecting the
 same runs twice gives the same bytes (with the same matplotlib).
 
-Runs of the same scheme and task that differ in anything other than the seed (model mode,
-positions kind, steps, preset, learning rate, ...) become separate rows, labelled with what differs,
-e.g. ``rope [decoder]`` or ``rope [randomized]`` (the default contiguous positions are not
-named). ``--fold=KEY,...`` treats those keys as further seeds instead (the papers' maximum over
+Runs that differ in anything other than the seed (model mode, positions kind, steps, preset,
+learning rate, ...) become separate rows, labelled with what differs, named by section, e.g.
+``rope [decoder]``, ``rope [randomized]``, ``floater [smoke]``, ``floater [train.batch_size=64]``
+(the default contiguous positions and default preset are not named; what comes with the form or
+preset is not repeated: :func:`label_runs`). Plots shade each distinct training range, named in
+the legend, which sits below the panels. ``--fold=KEY,...`` treats those keys as further seeds instead (the papers' maximum over
 seeds *and* learning rates: ``--fold=train.learning_rate``).
 """
 
@@ -43,14 +52,20 @@ import json
 import math
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from absl import app, flags
 
+from experiments import stats as st
+
 _OUT = flags.DEFINE_string("out", None, "Report folder (default: <first RUNS_DIR>/report).")
 _FOLD = flags.DEFINE_list("fold", [], "Config keys whose values count as further seeds, "
                           "e.g. train.learning_rate.")
+_BASELINES = flags.DEFINE_bool(
+    "baselines", None, "With heatmaps, also score the rules of experiments.baselines (chance, "
+    "position-free rules) on one point's evaluation samples per form and task and show them under "
+    "each heatmap's table. Default: the first folder's collect.json, else off.")
 _HEATMAP = flags.DEFINE_bool(
     "heatmap", None, "Also draw scheme × task heatmaps per model form (beyond-range and in-range "
     "mean over seeds, colour from chance to 1 per task; heatmaps/*.png) and put them with a "
@@ -67,7 +82,7 @@ _LEVEL_ORDER = {"R": 0, "DCF": 1, "CS": 2}
 PNG_METADATA = {"Software": None}
 # A folder collected may carry collect.json with the report's settings (flags given win).
 SETTINGS_FILE = "collect.json"
-SETTINGS = ("heatmap", "fold")
+SETTINGS = ("heatmap", "fold", "baselines")
 
 
 @dataclasses.dataclass
@@ -93,6 +108,12 @@ class Run:
   exact_in: float | None = None
   exact_out: float | None = None
   per_length_exact: dict[int, float] | None = None
+  # Whether the run learned its task in range (experiments.stats.point_learned; None: cannot
+  # tell, e.g. language modelling) and how that was decided.
+  learned: bool | None = None
+  learned_by: str = ""
+  config_path: str = ""  # the config.json read ("" without one)
+  pair: tuple = ()  # the seed and folded settings: what pairs this run with its peers in a cell
 
   @property
   def is_lm(self) -> bool:
@@ -145,6 +166,9 @@ def read_run(results_path: str) -> Run | None:
   if os.path.exists(config_path):
     with open(config_path) as f:
       attrs.update(_flat(json.load(f)))
+  else:
+    config_path = ""
+  learned, learned_by = st.point_learned(r)
   attrs.update({"mode": r.get("mode", "encoder"), "preset": r.get("preset"), "steps": r.get("steps")})
   attrs = {k: v for k, v in attrs.items()
            if not any(k == i or k.startswith(i + ".") for i in _IGNORED)}
@@ -160,7 +184,8 @@ def read_run(results_path: str) -> Run | None:
              config_hash=r.get("config_hash", ""), done=os.path.exists(os.path.join(run_dir, "DONE")),
              exact_in=_num(greedy.get("in_range_exact_match")),
              exact_out=_num(greedy.get("out_of_range_exact_match")),
-             per_length_exact=_lengths(greedy.get("per_length_exact_match")))
+             per_length_exact=_lengths(greedy.get("per_length_exact_match")),
+             learned=learned, learned_by=learned_by, config_path=config_path)
 
 
 def find_runs(dirs: Sequence[str], log=print) -> list[Run]:
@@ -191,50 +216,91 @@ def find_runs(dirs: Sequence[str], log=print) -> list[Run]:
 # ----------------------------------------------------------------------------- grouping
 
 
+# Settings named by their value alone (the rest by their full key): the model form, the
+# position sampler, the preset. Runs are compared among those sharing these values first.
+_PRIMARY = ("mode", "positions.kind", "preset")
+
+
+def _value_text(value: Any) -> str:
+  if isinstance(value, tuple):
+    return "[" + ",".join(_value_text(v) for v in value) + "]"
+  if isinstance(value, bool):
+    return str(value).lower()
+  return str(value)
+
+
 def _short(key: str, value: Any) -> str:
+  """How a setting appears in a label: the form, sampler and preset by their value (the
+  defaults, contiguous positions and the default preset, go without saying: ``rope`` beside
+  ``rope [randomized]``), steps as ``N steps``, anything else as ``section.field=value``."""
   if key == "positions.kind" and value in ("contiguous", None):
-    return ""  # the default sampler goes without saying: "rope" beside "rope [randomized]"
-  if key in ("mode", "positions.kind", "preset"):
+    return ""
+  if key == "preset" and value in ("default", None):
+    return ""
+  if key in _PRIMARY:
     return str(value)
   if key == "steps":
     return f"{value} steps"
-  return f"{key.split('.')[-1]}={value}"
+  return f"{key}={_value_text(value)}"
+
+
+def _scope(key: str, r: Run) -> str | None:
+  """Among which runs a setting's values are compared: a scheme's options among runs of that
+  scheme, a task's among runs of that task, anything else among all runs."""
+  if key.startswith("encoding."):
+    return "scheme:" + r.scheme
+  if key.startswith("task."):
+    return "task:" + r.task
+  return None
 
 
 def label_runs(runs: list[Run], fold: Iterable[str] = (), log=print) -> list[Run]:
   """Sets each run's row label; drops duplicates (same label, task, seed and folded values).
 
-  A label is the scheme plus the settings that tell apart runs of the same scheme and task:
-  the model form (``mode``) where both forms ran it, and any other setting that differs
-  between runs of the same scheme, task and form. Settings that come with the form (a
-  decoder's pre-LN, say) are covered by the form and not repeated. ``variant`` is the label's
-  settings without the form (the row name inside one form's heatmap).
+  A label is the scheme plus the settings that differ between the runs collected, each named by
+  its section (``train.batch_size=64``; the form, positions and preset by their value:
+  ``rope [decoder, randomized, smoke]``). A scheme's options are compared among runs of that
+  scheme, a task's among runs of that task. A setting is named only on runs whose peers — the
+  runs with the same form, positions kind and preset (and scheme or task, as above) — differ in
+  it, so settings that come with the form (a decoder's pre-LN) or the preset (a smoke run's
+  batch) are covered by it and not repeated. ``variant`` is the label without the form (the row
+  name inside one form's heatmap). ``fold`` keys are never named: they count as further seeds.
   """
   fold = tuple(fold)
-  groups: dict[tuple[str, str], list[Run]] = {}
-  for r in runs:
-    groups.setdefault((r.scheme, r.task), []).append(r)
-  varying: set[str] = set()
-  for members in groups.values():
-    if "mode" not in fold and len({repr(m.attrs.get("mode")) for m in members}) > 1:
-      varying.add("mode")
-    forms: dict[str, list[Run]] = {}
-    for m in members:
-      forms.setdefault(repr(m.attrs.get("mode")), []).append(m)
-    for same_form in forms.values():
-      keys = set().union(*(m.attrs for m in same_form))
-      for k in keys:
-        if k not in fold and len({repr(m.attrs.get(k)) for m in same_form}) > 1:
-          varying.add(k)
-  order = sorted(varying, key=lambda k: (k != "mode", k != "positions.kind", k))
+  keys = sorted(set().union(*(r.attrs for r in runs))) if runs else []
+  varying = []
+  for k in keys:
+    if k in fold:
+      continue
+    values: dict[Any, set[str]] = {}
+    for r in runs:
+      values.setdefault(_scope(k, r), set()).add(repr(r.attrs.get(k)))
+    if any(len(v) > 1 for v in values.values()):
+      varying.append(k)
+  primary = [k for k in _PRIMARY if k in varying]
+  order = primary + [k for k in varying if k not in _PRIMARY]
+
+  def peers(r: Run, k: str) -> tuple:
+    return (_scope(k, r), *(repr(r.attrs.get(p)) for p in primary))
+
+  named: dict[str, set[tuple]] = {}  # key -> the peer groups in which it differs
+  for k in order:
+    if k in primary:
+      continue
+    groups: dict[tuple, set[str]] = {}
+    for r in runs:
+      groups.setdefault(peers(r, k), set()).add(repr(r.attrs.get(k)))
+    named[k] = {g for g, v in groups.items() if len(v) > 1}
   kept, seen = [], {}
   for r in runs:
-    extra = [(k, _short(k, r.attrs.get(k))) for k in order]
+    extra = [(k, _short(k, r.attrs.get(k))) for k in order
+             if k in primary or peers(r, k) in named[k]]
     extra = [(k, text) for k, text in extra if text]
     r.label = r.scheme + (f" [{', '.join(t for _, t in extra)}]" if extra else "")
     variant = [t for k, t in extra if k != "mode"]
     r.variant = r.scheme + (f" [{', '.join(variant)}]" if variant else "")
-    key = (r.label, r.task, r.seed, tuple(repr(r.attrs.get(k)) for k in fold))
+    r.pair = (r.seed, *(repr(r.attrs.get(k)) for k in fold))
+    key = (r.label, r.task, r.pair)
     if key in seen:
       log(f"warning: {r.path} repeats {seen[key]} (same scheme, task, seed and settings); "
           "keeping the first")
@@ -340,7 +406,36 @@ def markdown(runs: list[Run]) -> str:
       return mean({**c, "in": c["exact_in"], "out": c["exact_out"], "lm": False})
     parts += ["**Greedy exact match, mean ± std over seeds** (decoders run with "
               "`eval.greedy`: the whole answer decoded right, in %)", "", *grid(exact), ""]
+  if any(not c["lm"] for c in table.values()):
+    intervals = _interval_cells(runs)
+
+    def interval(c, key):
+      cell = intervals.get(key)
+      if cell is None:
+        return ""
+      return (f"{_stat_text(cell)} max {_cell_pct(cell.max)} {cell.n_learned}/{cell.total}"
+              + ("" if cell.mostly_learned else " not ranked"))
+
+    lines = ["| scheme | " + " | ".join(task_names) + " |", "|---|" + "---|" * len(task_names)]
+    for label in labels:
+      lines.append(f"| {label} | " + " | ".join(interval(None, (label, t)) for t in task_names)
+                   + " |")
+    parts += ["**Out of range: mean [95% bootstrap interval] over seeds, maximum, seeds learned / "
+              f"seeds** (in %; learned: the run's criterion, else ≥ {100 * st.LEARNED_THRESHOLD:g}% "
+              "over the top quarter of the training lengths; per cell and metric in "
+              "results_cells.csv)", "", *lines, ""]
   return "\n".join(parts)
+
+
+def _interval_cells(runs: Sequence[Run]) -> dict[tuple[str, str], st.Cell]:
+  """``(label, task) -> Cell`` of the out-of-range score over seeds (LM runs left out)."""
+  groups: dict[tuple[str, str], list[Run]] = {}
+  for r in runs:
+    if not r.is_lm:
+      groups.setdefault((r.label, r.task), []).append(r)
+  return {key: st.cell({_pair(r): r.out_of_range for r in members},
+                       {_pair(r): r.learned for r in members})
+          for key, members in groups.items()}
 
 
 def _relpath(path: str, out_dir: str) -> str:
@@ -351,7 +446,8 @@ def _relpath(path: str, out_dir: str) -> str:
 def write_csv(runs: list[Run], out_dir: str, fold: Sequence[str] = ()) -> None:
   fields = ["label", "scheme", "task", "seed", "mode", "preset", "steps", *fold,
             "in_range_score", "out_of_range_score", "greedy_in_range_exact_match",
-            "greedy_out_of_range_exact_match", "config_hash", "done", "path"]
+            "greedy_out_of_range_exact_match", "learned", "learned_by", "config_hash", "done",
+            "path"]
   with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(fields)
@@ -362,7 +458,7 @@ def write_csv(runs: list[Run], out_dir: str, fold: Sequence[str] = ()) -> None:
                   "" if r.out_of_range is None else r.out_of_range,
                   "" if r.exact_in is None else r.exact_in,
                   "" if r.exact_out is None else r.exact_out,
-                  r.config_hash, int(r.done), _relpath(r.path, out_dir)])
+                  "" if r.learned is None else int(r.learned), r.learned_by, r.config_hash, int(r.done), _relpath(r.path, out_dir)])
   with open(os.path.join(out_dir, "results_per_length.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["label", "task", "seed", "length", "metric", "value"])
@@ -371,6 +467,30 @@ def write_csv(runs: list[Run], out_dir: str, fold: Sequence[str] = ()) -> None:
                              ("greedy_exact_match", r.per_length_exact or {})):
         for length in sorted(values):
           w.writerow([r.label, r.task, r.seed, length, metric, values[length]])
+  write_cells_csv(heatmaps(runs), out_dir)
+
+
+def write_cells_csv(maps: Sequence[Heatmap], out_dir: str) -> None:
+  """``results_cells.csv``: one row per form, metric, scheme row, task and range (beyond / in):
+  seeds with a value, mean, 95% bootstrap interval, maximum, seeds learned / seeds, and for the
+  beyond-range cells the rank (``=``: tied) and mark (best / tied)."""
+  with open(os.path.join(out_dir, "results_cells.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["form", "metric", "row", "task", "range", "n", "mean", "ci_lo", "ci_hi", "max",
+                "learned", "total", "ranked", "rank", "mark"])
+    for h in maps:
+      for i, row in enumerate(h.rows):
+        for j, task in enumerate(h.tasks):
+          for name, grid in (("beyond", h.beyond_cells), ("in", h.within_cells)):
+            c = grid[i][j]
+            if c is None:
+              continue
+            beyond = name == "beyond"
+            w.writerow([h.form, h.metric, row, task, name, c.n,
+                        *("" if v is None else v for v in (c.mean, c.lo, c.hi, c.max)),
+                        c.n_learned, c.total, int(c.ranked),
+                        h.columns[j].ranks.get(row, "") if beyond else "",
+                        h.columns[j].marks.get(row, "") if beyond else ""])
 
 
 def curves(runs: list[Run], task: str, metric: str = "accuracy"
@@ -395,14 +515,34 @@ def curves(runs: list[Run], task: str, metric: str = "accuracy"
   return out
 
 
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def train_ranges(runs: Sequence[Run], task: str) -> list[tuple[int, int]]:
+  """The distinct training ranges of ``task``'s runs, sorted."""
+  return sorted({(int(r.train_range[0]), int(r.train_range[1])) for r in runs
+                 if r.task == task and tuple(r.train_range) != (0, 0)})
+
+
+_RANGE_STYLES = (":", "--", "-.", (0, (1, 3)))
+_RANGE_HATCHES = ("", "\\\\", "..", "//", "xx")
+
+
 def _draw(ax, runs: list[Run], task: str, metric: str, colors: dict[str, Any]) -> None:
+  """One task's curves; each distinct training range shaded (accuracy) or marked at its end
+  (perplexity), labelled ``training lengths lo–hi`` for the legend."""
   data = curves(runs, task, metric)
-  ranges = [r.train_range for r in runs if r.task == task]
-  if ranges and metric == "accuracy":
-    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
-    ax.axvspan(lo - 0.5, hi + 0.5, color="0.5", alpha=0.12, lw=0)
-  elif ranges:
-    ax.axvline(max(r[1] for r in ranges), color="0.5", ls=":", lw=1)
+  for k, (lo, hi) in enumerate(train_ranges(runs, task)):
+    name = f"training lengths {lo}–{hi}"
+    if metric == "accuracy":  # one band per range; further ones hatched, overlaps darker
+      ax.axvspan(lo - 0.5, hi + 0.5, facecolor=(0.5, 0.5, 0.5, 0.12), lw=0, label=name,
+                 hatch=_RANGE_HATCHES[k % len(_RANGE_HATCHES)], edgecolor=(0.4, 0.4, 0.4, 0.5))
+    else:
+      ax.axvline(hi, color="0.5", ls=_RANGE_STYLES[k % len(_RANGE_STYLES)], lw=1, label=name)
   for i, (label, (lengths, mean, std)) in enumerate(data.items()):
     color = colors[label]
     style = ("-", "--", "-.", ":")[(i // 10) % 4]
@@ -422,12 +562,68 @@ def _draw(ax, runs: list[Run], task: str, metric: str, colors: dict[str, Any]) -
   ax.grid(alpha=0.3)
 
 
+def _legend_below(fig, axes, fontsize: float = 7):
+  """One legend for ``axes`` (entries by name, first handle kept, training ranges first) below
+  every panel, in as many columns as the figure's width holds; constrained layout keeps space
+  for it."""
+  entries: dict[str, Any] = {}
+  for ax in axes:
+    for handle, name in zip(*ax.get_legend_handles_labels()):
+      entries.setdefault(name, handle)
+  ranges = [n for n in entries if n.startswith("training lengths")]  # in the order drawn
+  names = ranges + sorted(n for n in entries if n not in ranges)
+  if not names:
+    return None
+  width_in = fig.get_figwidth()
+  char_in = 0.55 * fontsize / 72  # a character's width, roughly
+  per_column = 0.6 + char_in * max(len(n) for n in names)
+  ncol = max(1, min(len(names), int(width_in // per_column)))
+  return fig.legend([entries[n] for n in names], names, loc="outside lower center", ncol=ncol,
+                    fontsize=fontsize, frameon=False)
+
+
+def _legend_rows(runs: Sequence[Run], tasks: Sequence[str], width_in: float, fontsize=7) -> int:
+  names = {r.label for r in runs if r.task in tasks}
+  names |= {f"training lengths {lo}–{hi}" for t in tasks for lo, hi in train_ranges(runs, t)}
+  if not names:
+    return 0
+  per_column = 0.6 + 0.55 * fontsize / 72 * max(len(n) for n in names)
+  ncol = max(1, min(len(names), int(width_in // per_column)))
+  return math.ceil(len(names) / ncol)
+
+
+def task_figure(runs: list[Run], task: str, metric: str, colors: dict[str, Any]):
+  """One task's figure: its curves, the legend below the axes."""
+  plt = _pyplot()
+  rows = _legend_rows(runs, [task], 7.0)
+  fig, ax = plt.subplots(figsize=(7, 3.6 + 0.17 * rows), layout="constrained")
+  _draw(ax, runs, task, metric, colors)
+  if metric == "perplexity":
+    ax.set_xscale("log", base=2)
+  _legend_below(fig, [ax])
+  return fig
+
+
+def overview_figure(runs: list[Run], task_names: Sequence[str], colors: dict[str, Any]):
+  """Every accuracy task in one figure, one legend below all panels."""
+  plt = _pyplot()
+  ncols = min(5, len(task_names))
+  nrows = math.ceil(len(task_names) / ncols)
+  width = 3.6 * ncols
+  rows = _legend_rows(runs, task_names, width, fontsize=8)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(width, 2.8 * nrows + 0.5 + 0.2 * rows),
+                           squeeze=False, layout="constrained")
+  for ax, task in zip(axes.flat, task_names):
+    _draw(ax, runs, task, "accuracy", colors)
+  for ax in list(axes.flat)[len(task_names):]:
+    ax.axis("off")
+  _legend_below(fig, list(axes.flat), fontsize=8)
+  return fig
+
+
 def plot(runs: list[Run], out_dir: str) -> list[str]:
   """Per-task plots and one overview; returns the files written."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = _pyplot()
   plot_dir = os.path.join(out_dir, "plots")
   os.makedirs(plot_dir, exist_ok=True)
   labels = sorted({r.label for r in runs})
@@ -436,35 +632,15 @@ def plot(runs: list[Run], out_dir: str) -> list[str]:
   written = []
   acc_tasks = task_order(r.task for r in runs if r.per_length and not r.is_lm)
   for task in acc_tasks:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    _draw(ax, runs, task, "accuracy", colors)
-    ax.legend(fontsize=7, ncol=2 if len(labels) > 8 else 1, loc="lower left")
-    fig.tight_layout()
+    fig = task_figure(runs, task, "accuracy", colors)
     written.append(_save(fig, os.path.join(plot_dir, f"{task}.png")))
     plt.close(fig)
   for task in task_order(r.task for r in runs if r.is_lm):
-    fig, ax = plt.subplots(figsize=(7, 4))
-    _draw(ax, runs, task, "perplexity", colors)
-    ax.set_xscale("log", base=2)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig = task_figure(runs, task, "perplexity", colors)
     written.append(_save(fig, os.path.join(plot_dir, f"{task}_perplexity.png")))
     plt.close(fig)
   if len(acc_tasks) > 1:
-    ncols = min(5, len(acc_tasks))
-    nrows = math.ceil(len(acc_tasks) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows + 0.8), squeeze=False)
-    for ax, task in zip(axes.flat, acc_tasks):
-      _draw(ax, runs, task, "accuracy", colors)
-    for ax in list(axes.flat)[len(acc_tasks):]:
-      ax.axis("off")
-    legend: dict[str, Any] = {}
-    for ax in axes.flat:
-      for handle, name in zip(*ax.get_legend_handles_labels()):
-        legend.setdefault(name, handle)
-    names, handles = sorted(legend), [legend[n] for n in sorted(legend)]
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6), fontsize=8)
-    fig.tight_layout(rect=(0, 0.12 if nrows == 1 else 0.06, 1, 1))
+    fig = overview_figure(runs, acc_tasks, colors)
     written.append(_save(fig, os.path.join(plot_dir, "all_tasks.png")))
     plt.close(fig)
   return written
@@ -515,7 +691,12 @@ def forms(runs: Sequence[Run]) -> list[str]:
 
 @dataclasses.dataclass
 class Heatmap:
-  """One form's scheme × task table of one metric: means over seeds (None: no run)."""
+  """One form's scheme × task table of one metric over seeds (experiments.stats).
+
+  ``beyond`` / ``within``: means over seeds (NaN: no run); ``beyond_cells`` / ``within_cells``:
+  each cell's statistics (mean, 95% interval, max, learned / total; None: no run);
+  ``columns``: per task, the ranking of the beyond-range cells with best / tied-best marks.
+  """
 
   form: str
   metric: str
@@ -526,6 +707,9 @@ class Heatmap:
   within: np.ndarray
   seeds: np.ndarray  # [rows, tasks] int: runs averaged (beyond-range values)
   chance: list[float]  # per task: the colour scale's floor
+  beyond_cells: list[list[st.Cell | None]] = dataclasses.field(default_factory=list)
+  within_cells: list[list[st.Cell | None]] = dataclasses.field(default_factory=list)
+  columns: list[st.Column] = dataclasses.field(default_factory=list)
 
   def scaled(self, values: np.ndarray) -> np.ndarray:
     """``(value - chance) / (1 - chance)`` per task, clipped to [0, 1] (NaN stays NaN)."""
@@ -534,15 +718,14 @@ class Heatmap:
       return np.clip((values - floor) / np.maximum(1.0 - floor, 1e-12), 0.0, 1.0)
 
   def best(self) -> list[list[str]]:
-    """Per task, the rows with the highest mean beyond-range value at the printed precision
-    (0.1 %), in row order; empty where no row has a value."""
-    out = []
-    for j in range(len(self.tasks)):
-      col = self.beyond[:, j]
-      shown = [None if math.isnan(v) else round(100 * v, 1) for v in col]
-      top = max((v for v in shown if v is not None), default=None)
-      out.append([] if top is None else [self.rows[i] for i, v in enumerate(shown) if v == top])
-    return out
+    """Per task, the rows marked best or tied-best beyond range (experiments.stats.rank_column),
+    in row order; empty where the column has no best mark."""
+    return [[r for r in self.rows if r in col.marks] for col in self.columns]
+
+  def unlearned(self, i: int, j: int) -> bool:
+    """Whether cell (i, j) exists and fewer than half its seeds learned (shown, not ranked)."""
+    c = self.beyond_cells[i][j] or self.within_cells[i][j]
+    return c is not None and not c.mostly_learned
 
 
 def heatmaps(runs: Sequence[Run]) -> list[Heatmap]:
@@ -556,21 +739,36 @@ def heatmaps(runs: Sequence[Run]) -> list[Heatmap]:
         continue
       rows = sorted({r.variant or r.scheme for r in have})
       task_names = task_order(r.task for r in have)
+      floors = [chance(t) if by_chance else 0.0 for t in task_names]
       shape = (len(rows), len(task_names))
       beyond, within = np.full(shape, np.nan), np.full(shape, np.nan)
       seeds = np.zeros(shape, dtype=int)
+      beyond_cells: list[list[st.Cell | None]] = [[None] * shape[1] for _ in rows]
+      within_cells: list[list[st.Cell | None]] = [[None] * shape[1] for _ in rows]
       for i, row in enumerate(rows):
         for j, task in enumerate(task_names):
           cell = [r for r in have if (r.variant or r.scheme) == row and r.task == task]
-          b, w = stats([getattr(r, out_attr) for r in cell]), stats([getattr(r, in_attr) for r in cell])
-          beyond[i, j] = np.nan if b["mean"] is None else b["mean"]
-          within[i, j] = np.nan if w["mean"] is None else w["mean"]
-          seeds[i, j] = b["n"]
+          if not cell:
+            continue
+          learned = {_pair(r): r.learned for r in cell}
+          b = st.cell({_pair(r): getattr(r, out_attr) for r in cell}, learned)
+          w = st.cell({_pair(r): getattr(r, in_attr) for r in cell}, learned)
+          beyond_cells[i][j], within_cells[i][j] = b, w
+          beyond[i, j] = np.nan if b.mean is None else b.mean
+          within[i, j] = np.nan if w.mean is None else w.mean
+          seeds[i, j] = b.n
+      columns = [st.rank_column({row: beyond_cells[i][j] for i, row in enumerate(rows)
+                                 if beyond_cells[i][j] is not None}, floors[j])
+                 for j in range(len(task_names))]
       if form == "decoder" and metric == "accuracy":
         title = "teacher-forced accuracy"
-      out.append(Heatmap(form, metric, title, rows, task_names, beyond, within, seeds,
-                         [chance(t) if by_chance else 0.0 for t in task_names]))
+      out.append(Heatmap(form, metric, title, rows, task_names, beyond, within, seeds, floors,
+                         beyond_cells, within_cells, columns))
   return out
+
+
+def _pair(r: Run) -> tuple:
+  return r.pair or (r.seed,)
 
 
 def _heat_file(h: Heatmap) -> str:
@@ -581,81 +779,217 @@ def _count(n: int, noun: str) -> str:
   return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
-def _cell_pct(v: float) -> str:
-  return "–" if math.isnan(v) else f"{100 * v:.1f}"
+def _cell_pct(v: float | None) -> str:
+  return "–" if v is None or math.isnan(v) else f"{100 * v:.1f}"
 
 
-def heatmap_markdown(maps: Sequence[Heatmap], folder: str = "heatmaps") -> str:
-  """The heatmaps' section of ``results.md``: each figure, its numbers and a best-scheme row."""
+_MARK_TEXT = {"best": "**best**", "tied": "**tied-best**"}
+
+
+def _stat_text(c: st.Cell | None) -> str:
+  """``mean [lo, hi]`` in %, or ``–``."""
+  if c is None or c.mean is None:
+    return "–"
+  return f"{_cell_pct(c.mean)} [{_cell_pct(c.lo)}, {_cell_pct(c.hi)}]"
+
+
+def _seed_text(counts: Iterable[int]) -> str:
+  counts = sorted({int(n) for n in counts if n})
+  if not counts:
+    return "no seeds"
+  return (f"{counts[0]} seed{'s' if counts[0] != 1 else ''} per cell" if len(counts) == 1
+          else f"{counts[0]}–{counts[-1]} seeds per cell")
+
+
+def heatmap_markdown(maps: Sequence[Heatmap], folder: str = "heatmaps",
+                     baselines: Mapping[tuple[str, str], Mapping[str, dict]] | None = None) -> str:
+  """The heatmaps' section of ``results.md``: each figure, its numbers with intervals, who is
+  best or tied-best per task, a ranking table with ties, and with ``baselines`` (see
+  :func:`compute_baselines`) each rule's scores beside the schemes'."""
   if not maps:
     return ""
   parts = ["## Heatmaps: which encoding extrapolates", "",
-           "Mean over seeds in %: beyond the training lengths, (in range) in brackets. Colours "
+           "Each cell, in %: the mean over seeds beyond the training lengths [its 95% bootstrap "
+           f"interval, {st.RESAMPLES:,} resamples of the seeds], the maximum over seeds (the "
+           "papers' aggregate), (the in-range mean) and how many seeds learned the task in range: "
+           f"the run's own criterion where results.json has one, else a mean score ≥ "
+           f"{100 * st.LEARNED_THRESHOLD:g}% over the top quarter of the training lengths (greedy "
+           "exact match for decoders that decode greedily, accuracy otherwise). A cell where "
+           "fewer than half the seeds learned is shown but not ranked (hatched in the figures). "
+           "**best**: the top ranked scheme, separated from every other by a paired bootstrap over "
+           f"seeds (at least {st.MIN_PAIRED_SEEDS} seeds learned in both; the 95% interval of the "
+           "difference excludes 0) or by intervals that do not overlap; **tied-best**: the top "
+           "scheme and those not separated from it. No mark where no learned scheme's interval "
+           f"lies clearly above chance (≥ chance + {st.CHANCE_MARGIN:g} × (1 − chance)) or every "
+           "learned scheme ties. With 2 or 3 seeds an interval is the seeds' range. Colours "
            "(figures) run from chance to 100% per task: (value − chance) / (1 − chance), chance "
-           "being 1 / the task's output vocabulary (0 for exact match). **best** = the highest "
-           "beyond-range mean (ties at 0.1% all listed).", ""]
+           "being 1 / the task's output vocabulary (0 for exact match).", ""]
   for h in maps:
-    counts = sorted({int(n) for n in h.seeds.flat if n})
-    seeds = (f"{counts[0]} seed{'s' if counts[0] != 1 else ''} per cell" if len(counts) == 1
-             else f"{counts[0]}–{counts[-1]} seeds per cell")
     parts += [f"### {h.form}: {h.title}", "", f"![{h.form} {h.metric}]({folder}/{_heat_file(h)})",
-              "", f"{_count(len(h.rows), 'row')} × {_count(len(h.tasks), 'task')}, {seeds}.", "",
+              "", f"{_count(len(h.rows), 'row')} × {_count(len(h.tasks), 'task')}, "
+              f"{_seed_text(h.seeds.flat)}.", "",
               "| scheme | " + " | ".join(h.tasks) + " |", "|---|" + "---|" * len(h.tasks)]
     for i, row in enumerate(h.rows):
-      cells = ["" if math.isnan(h.beyond[i, j]) and math.isnan(h.within[i, j])
-               else f"{_cell_pct(h.beyond[i, j])} ({_cell_pct(h.within[i, j])})"
-               for j in range(len(h.tasks))]
+      cells = []
+      for j in range(len(h.tasks)):
+        b, w = h.beyond_cells[i][j], h.within_cells[i][j]
+        if b is None:
+          cells.append("")
+          continue
+        text = (f"{_stat_text(b)} max {_cell_pct(b.max)} ({_cell_pct(w.mean)}) "
+                f"{b.n_learned}/{b.total}")
+        mark = h.columns[j].marks.get(row)
+        if mark:
+          text += " " + _MARK_TEXT[mark]
+        elif not b.ranked:
+          text += " not ranked"
+        cells.append(text)
       parts.append(f"| {row} | " + " | ".join(cells) + " |")
-    best = [", ".join(names) + (f": {_cell_pct(float(np.nanmax(h.beyond[:, j])))}" if names else "")
-            for j, names in enumerate(h.best())]
+    best = []
+    for j, col in enumerate(h.columns):
+      names = h.best()[j]
+      if names:
+        kind = "best" if len(names) == 1 else "tied-best"
+        best.append(f"{kind}: " + ", ".join(names))
+      else:
+        best.append(f"none ({col.note})")
     parts.append("| **best** | " + " | ".join(best) + " |")
     parts.append("| chance | " + " | ".join(f"{100 * c:.1f}" for c in h.chance) + " |")
+    parts += ["", f"**Ranking, {h.form} {h.title}** (beyond the training lengths; learned "
+              "cells only; `=`: tied with the others of its rank, not separated from the rank's "
+              "leader; –: not ranked)", "",
+              "| scheme | " + " | ".join(h.tasks) + " |", "|---|" + "---|" * len(h.tasks)]
+    for row in h.rows:
+      parts.append(f"| {row} | " + " | ".join(col.ranks.get(row, "–") for col in h.columns) + " |")
     parts.append("")
+    if baselines:
+      parts += _baseline_table(h, baselines)
   return "\n".join(parts)
 
 
-def plot_heatmaps(maps: Sequence[Heatmap], out_dir: str) -> list[str]:
-  """One PNG per heatmap (beyond range left, in range right); returns the files written."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def _baseline_score(result: Mapping[str, Any], metric: str, which: str) -> float | None:
+  if metric == "exact_match":
+    result = result.get("greedy") or {}
+    key = f"{which}_range_exact_match"
+  else:
+    key = f"{which}_range_score"
+  return _num(result.get(key))
+
+
+def _baseline_table(h: Heatmap, baselines: Mapping[tuple[str, str], Mapping[str, dict]]) -> list[str]:
+  """Rows: the rules of experiments.baselines for this heatmap's tasks; cells ``beyond (in)``."""
+  rules = sorted({rule for t in h.tasks for rule in baselines.get((h.form, t), {})})
+  if not rules:
+    return []
+  lines = [f"**Baselines, {h.form} {h.title}** (experiments.baselines: rules that ignore "
+           "positions, scored on the evaluation samples of the first point of each task; beyond "
+           "range (in range), %; empty: the rule does not apply to the task)", "",
+           "| rule | " + " | ".join(h.tasks) + " |", "|---|" + "---|" * len(h.tasks)]
+  for rule in rules:
+    cells = []
+    for t in h.tasks:
+      result = baselines.get((h.form, t), {}).get(rule)
+      if result is None:
+        cells.append("")
+        continue
+      cells.append(f"{_cell_pct(_baseline_score(result, h.metric, 'out_of'))} "
+                   f"({_cell_pct(_baseline_score(result, h.metric, 'in'))})")
+    lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+  return lines + [""]
+
+
+def _module_baselines(config_path: str) -> dict[str, dict]:
+  """experiments.baselines.baseline_results on the config of ``config_path`` (a run's
+  config.json)."""
+  import ml_collections
+
+  from experiments import baselines as baselines_lib
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  return baselines_lib.baseline_results(config)
+
+
+def compute_baselines(runs: Sequence[Run], compute: Callable[[str], dict] | None = None,
+                      log=print) -> dict[tuple[str, str], dict[str, dict]]:
+  """``(form, task) -> rule -> results`` from the first run (by path) of each form and task that
+  has a config.json; ``compute`` maps a config.json path to the rules' results
+  (default: experiments.baselines). A task the rules do not cover is left out, with a warning."""
+  compute = compute or _module_baselines
+  first: dict[tuple[str, str], Run] = {}
+  for r in sorted(runs, key=lambda r: r.path):
+    if not r.is_lm and r.config_path:
+      first.setdefault((_form(r), r.task), r)
+  out = {}
+  for key, r in sorted(first.items()):
+    try:
+      out[key] = compute(r.config_path)
+    except Exception as e:  # noqa: BLE001 — a task without baselines is left out, said once
+      log(f"warning: no baselines for {key[0]} {key[1]} ({r.config_path}): {type(e).__name__}: {e}")
+  return out
+
+
+def heatmap_figure(h: Heatmap):
+  """The figure of one heatmap (beyond range left, in range right): each cell its mean and 95%
+  interval in %, hatched where fewer than half the seeds learned; best (solid red) and tied-best
+  (dashed red) cells boxed on the beyond-range side."""
+  plt = _pyplot()
   from matplotlib.patches import Rectangle
+
+  cmap = plt.get_cmap("viridis").with_extremes(bad="0.88")  # grey: no run
+  n_rows, n_cols = len(h.rows), len(h.tasks)
+  width = 2 * (0.8 * n_cols + 0.6) + 3.2
+  fig, axes = plt.subplots(1, 2, figsize=(width, 0.4 * n_rows + 2.8), squeeze=False,
+                           layout="constrained")
+  image = None
+  for ax, values, grid, name in zip(axes[0], (h.beyond, h.within), (h.beyond_cells, h.within_cells),
+                                    ("beyond the training lengths", "in range")):
+    scaled = h.scaled(values)
+    image = ax.imshow(np.ma.masked_invalid(scaled), cmap=cmap, vmin=0.0, vmax=1.0,
+                      aspect="auto", interpolation="nearest")
+    for i in range(n_rows):
+      for j in range(n_cols):
+        c = grid[i][j] if grid else None
+        if c is None or c.mean is None:
+          continue
+        ax.text(j, i, f"{100 * c.mean:.0f}\n{100 * c.lo:.0f}–{100 * c.hi:.0f}", ha="center",
+                va="center", fontsize=5.5, linespacing=1.0,
+                color="black" if scaled[i, j] > 0.6 else "white")
+        if h.unlearned(i, j):
+          hatch = Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                            edgecolor=(0.85, 0.85, 0.85, 0.5), lw=0, gid="unlearned")
+          if hasattr(hatch, "set_hatch_linewidth"):  # matplotlib ≥ 3.10
+            hatch.set_hatch_linewidth(0.6)
+          ax.add_patch(hatch)
+    if values is h.beyond:
+      for j, col in enumerate(h.columns):
+        for row, mark in col.marks.items():
+          i = h.rows.index(row)
+          ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="red",
+                                 lw=2.0 if mark == "best" else 1.3,
+                                 ls="-" if mark == "best" else "--", gid=mark))
+    ax.set_xticks(range(n_cols))
+    ax.set_xticklabels([f"{t}\n(chance {100 * c:.0f}%)" for t, c in zip(h.tasks, h.chance)],
+                       rotation=40, ha="right", fontsize=7)
+    ax.set_yticks(range(n_rows))
+    ax.set_yticklabels(h.rows, fontsize=7)
+    ax.set_title(name, fontsize=9)
+  fig.colorbar(image, ax=list(axes[0]), shrink=0.8,
+               label="(value − chance) / (1 − chance), per task")
+  fig.suptitle(f"{h.form}: {h.title}, mean over seeds and 95% interval, %\n"
+               "red box: best beyond range (dashed: tied-best); hatched: fewer than half the "
+               "seeds learned in range", fontsize=9)
+  return fig
+
+
+def plot_heatmaps(maps: Sequence[Heatmap], out_dir: str) -> list[str]:
+  """One PNG per heatmap (:func:`heatmap_figure`); returns the files written."""
+  plt = _pyplot()
 
   folder = os.path.join(out_dir, "heatmaps")
   os.makedirs(folder, exist_ok=True)
-  cmap = plt.get_cmap("viridis").with_extremes(bad="0.88")  # grey: no run
   written = []
   for h in maps:
-    n_rows, n_cols = len(h.rows), len(h.tasks)
-    width = 2 * (0.75 * n_cols + 0.6) + 3.2
-    fig, axes = plt.subplots(1, 2, figsize=(width, 0.3 * n_rows + 2.6), squeeze=False,
-                             layout="constrained")
-    best = h.best()
-    image = None
-    for ax, values, name in zip(axes[0], (h.beyond, h.within), ("beyond the training lengths",
-                                                                "in range")):
-      scaled = h.scaled(values)
-      image = ax.imshow(np.ma.masked_invalid(scaled), cmap=cmap, vmin=0.0, vmax=1.0,
-                        aspect="auto", interpolation="nearest")
-      for i in range(n_rows):
-        for j in range(n_cols):
-          if not math.isnan(values[i, j]):
-            ax.text(j, i, f"{100 * values[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                    color="black" if scaled[i, j] > 0.6 else "white")
-      if values is h.beyond:
-        for j, names in enumerate(best):
-          for name_ in names:
-            i = h.rows.index(name_)
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
-      ax.set_xticks(range(n_cols))
-      ax.set_xticklabels([f"{t}\n(chance {100 * c:.0f}%)" for t, c in zip(h.tasks, h.chance)],
-                         rotation=40, ha="right", fontsize=7)
-      ax.set_yticks(range(n_rows))
-      ax.set_yticklabels(h.rows, fontsize=7)
-      ax.set_title(name, fontsize=9)
-    fig.colorbar(image, ax=list(axes[0]), shrink=0.8,
-                 label="(value − chance) / (1 − chance), per task")
-    fig.suptitle(f"{h.form}: {h.title}, mean over seeds, % (red: best beyond range)", fontsize=10)
+    fig = heatmap_figure(h)
     written.append(_save(fig, os.path.join(folder, _heat_file(h))))
     plt.close(fig)
   return written
@@ -672,12 +1006,14 @@ def _remove_stale(folder: str, keep: Iterable[str]) -> None:
 
 
 def collect(dirs: Sequence[str], out_dir: str, fold: Sequence[str] = (), log=print,
-            heatmap: bool = False) -> list[Run]:
+            heatmap: bool = False, baselines: bool | Callable[[str], dict] = False) -> list[Run]:
   """Reads every run under ``dirs`` and writes the CSVs, ``results.md`` and plots to ``out_dir``.
 
   With ``heatmap``, also ``heatmaps/<form>_<metric>.png`` and their section at the top of
   ``results.md``. PNGs in ``plots/`` and ``heatmaps/`` that this collect did not write (a task
-  no longer present) are deleted, so the report is a function of the runs alone.
+  no longer present) are deleted, so the report is a function of the runs alone. With
+  ``heatmap`` and ``baselines`` (True: experiments.baselines; or a function of a config.json
+  path, :func:`compute_baselines`), each heatmap's section gains its baseline rules' scores.
   """
   runs = label_runs(find_runs(dirs, log=log), fold, log=log)
   os.makedirs(out_dir, exist_ok=True)
@@ -685,7 +1021,10 @@ def collect(dirs: Sequence[str], out_dir: str, fold: Sequence[str] = (), log=pri
   if not_done:
     log(f"warning: {len(not_done)} run(s) have results.json but no DONE: {', '.join(not_done[:3])}")
   write_csv(runs, out_dir, fold)
-  text = report_text(runs, heatmap)
+  rules = None
+  if heatmap and baselines and runs:
+    rules = compute_baselines(runs, None if baselines is True else baselines, log=log)
+  text = report_text(runs, heatmap, rules)
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(text)
   written = plot(runs, out_dir) if runs else []
@@ -695,17 +1034,21 @@ def collect(dirs: Sequence[str], out_dir: str, fold: Sequence[str] = (), log=pri
   return runs
 
 
-def report_text(runs: list[Run], heatmap: bool = False) -> str:
-  """``results.md``: the tables of :func:`markdown`, after the heatmaps' section with ``heatmap``."""
+def report_text(runs: list[Run], heatmap: bool = False,
+                baselines: Mapping[tuple[str, str], Mapping[str, dict]] | None = None) -> str:
+  """``results.md``: the tables of :func:`markdown`, after the heatmaps' section with ``heatmap``
+  (with ``baselines``' rules under each heatmap's tables)."""
   if not heatmap or not runs:
     return markdown(runs)
-  return heatmap_markdown(heatmaps(runs)) + "\n## Every run\n\n" + markdown(runs)
+  return (heatmap_markdown(heatmaps(runs), baselines=baselines) + "\n## Every run\n\n"
+          + markdown(runs))
 
 
 def read_settings(folder: str) -> dict[str, Any]:
   """``<folder>/collect.json``: report settings kept with the runs (``{}`` without the file).
 
-  Keys: ``heatmap`` (bool) and ``fold`` (a list of config keys), the flags of the same names;
+  Keys: ``heatmap`` (bool), ``baselines`` (bool) and ``fold`` (a list of config keys), the
+  flags of the same names;
   a flag given on the command line wins. ``experiments/atlas/collect.json`` turns heatmaps on,
   so ``python -m experiments.collect experiments/atlas`` rebuilds the atlas's report as
   committed.
@@ -723,8 +1066,9 @@ def read_settings(folder: str) -> dict[str, Any]:
   unknown = sorted(set(data) - set(SETTINGS))
   if unknown:
     raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
-  if not isinstance(data.get("heatmap", False), bool):
-    raise ValueError(f"{path}: heatmap must be true or false, got {data['heatmap']!r}")
+  for key in ("heatmap", "baselines"):
+    if not isinstance(data.get(key, False), bool):
+      raise ValueError(f"{path}: {key} must be true or false, got {data[key]!r}")
   fold = data.get("fold", [])
   if not (isinstance(fold, list) and all(isinstance(k, str) for k in fold)):
     raise ValueError(f"{path}: fold must be a list of config keys, got {fold!r}")
@@ -741,12 +1085,16 @@ def main(argv):
     settings = read_settings(dirs[0]) if os.path.isdir(dirs[0]) else {}
     heatmap = _HEATMAP.value if _HEATMAP.value is not None else settings.get("heatmap", False)
     fold = _FOLD.value if flags.FLAGS["fold"].present else settings.get("fold", [])
-    runs = collect(dirs, out_dir, fold, heatmap=heatmap)
+    baselines = (_BASELINES.value if _BASELINES.value is not None
+                 else settings.get("baselines", False))
+    runs = collect(dirs, out_dir, fold, heatmap=heatmap, baselines=baselines)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(report_text(runs, heatmap))
+  with open(os.path.join(out_dir, "results.md")) as f:
+    print(f.read())
   print(f"{len(runs)} runs -> {os.path.join(out_dir, 'results.md')}, results.csv, "
+        "results_cells.csv, "
         f"results_per_length.csv, plots/" + (", heatmaps/" if heatmap else ""))
 
 

@@ -112,8 +112,9 @@ def _run(root, name, scheme, task, seed, in_score, out_score, *, mode="encoder",
              "mode": mode, "train_range": [1, 3], "eval_range": [1, 8], "per_length": per_length,
              "in_range_score": in_score, "out_of_range_score": out_score, "config_hash": "h"}
   if greedy is not None:
+    exact = {str(l): greedy[0] if l <= 3 else greedy[1] for l in range(1, 9)}
     results["greedy"] = {"in_range_exact_match": greedy[0], "out_of_range_exact_match": greedy[1],
-                         "per_length_exact_match": {"1": greedy[0], "8": greedy[1]}}
+                         "per_length_exact_match": exact}
   with open(os.path.join(folder, "results.json"), "w") as f:
     json.dump(results, f)
   config = {"seed": seed, "model": {"causal": mode == "decoder", "pre_ln": mode == "decoder"},
@@ -128,16 +129,21 @@ def _run(root, name, scheme, task, seed, in_score, out_score, *, mode="encoder",
 
 
 # (variant, task) -> per-seed (in, beyond); parity_check's chance is 1/2, bucket_sort's 1/5.
+# Training lengths 1-3: a seed learned where its in-range score (length 3) is >= 0.95.
+# parity_check: the highest mean (rope [randomized]) learned in no seed, so it is not ranked;
+# rope, the one ranked, is not clearly above chance (its interval starts below 55%): no mark.
+# bucket_sort: rope [randomized] on top, rope's interval overlaps it (tied-best), alibi apart.
 ENC = {("alibi", "parity_check"): [(0.9, 0.50), (0.8, 0.48)],
-       ("rope", "parity_check"): [(1.0, 0.60), (1.0, 0.70)],
+       ("rope", "parity_check"): [(1.0, 0.52), (1.0, 0.54)],
        ("rope [randomized]", "parity_check"): [(0.7, 0.65), (0.9, 0.65)],
        ("alibi", "bucket_sort"): [(1.0, 0.60), (1.0, 0.60)],
-       ("rope", "bucket_sort"): [(1.0, 0.90), (0.9, 1.00)],
+       ("rope", "bucket_sort"): [(1.0, 0.88), (0.96, 1.00)],
        ("rope [randomized]", "bucket_sort"): [(1.0, 0.95), (1.0, 0.95)]}
-# Decoder runs: (in, beyond) accuracy and (in, beyond) greedy exact match.
+# Decoder runs: (in, beyond) accuracy and (in, beyond) greedy exact match (which decides
+# "learned" for them: only rope's seed 0 learned).
 DEC = {("none", "copy"): [((0.9, 0.3), (0.8, 0.1)), ((0.7, 0.5), (0.6, 0.2))],
        ("rope", "copy"): [((1.0, 0.2), (1.0, 0.0)), ((1.0, 0.4), (0.9, 0.0))],
-       ("rope", "parity_check"): [((0.95, 0.55), (0.95, 0.55)), ((0.85, 0.45), (0.85, 0.45))]}
+       ("rope", "parity_check"): [((0.95, 0.6), (0.95, 0.6)), ((0.85, 0.45), (0.85, 0.45))]}
 
 
 def _make_runs(root):
@@ -177,16 +183,26 @@ def test_heatmap_values_chance_scaling_and_best_row(tmp_path):
       assert enc.seeds[i, j] == 2
   # Colour: (v - chance) / (1 - chance), clipped; alibi's parity 0.49 is below chance -> 0.
   np.testing.assert_allclose(enc.scaled(enc.beyond),
-                             [[0.0, (0.6 - 0.2) / 0.8], [(0.65 - 0.5) / 0.5, (0.95 - 0.2) / 0.8],
+                             [[0.0, (0.6 - 0.2) / 0.8], [(0.53 - 0.5) / 0.5, (0.94 - 0.2) / 0.8],
                               [(0.65 - 0.5) / 0.5, (0.95 - 0.2) / 0.8]])
-  assert enc.best() == [["rope", "rope [randomized]"], ["rope", "rope [randomized]"]]  # ties
+  # Learned per seed (length 3 >= 0.95), the intervals (2 seeds: their range) and the marks.
+  rope_bucket = enc.beyond_cells[1][1]
+  assert (rope_bucket.lo, rope_bucket.hi, rope_bucket.max) == (0.88, 1.0, 1.0)
+  assert (rope_bucket.n_learned, rope_bucket.total) == (2, 2)
+  assert [enc.beyond_cells[i][0].n_learned for i in range(3)] == [0, 2, 0]
+  assert enc.unlearned(0, 0) and enc.unlearned(2, 0) and not enc.unlearned(1, 0)
+  assert enc.best() == [[], ["rope", "rope [randomized]"]]  # parity: no mark; bucket_sort: tied
+  assert "clearly above chance" in enc.columns[0].note and enc.columns[0].ranks == {"rope": "1"}
+  assert enc.columns[1].ranks == {"rope [randomized]": "1=", "rope": "1=", "alibi": "3"}
 
   dec = maps[("decoder", "accuracy")]
   assert dec.rows == ["none", "rope"] and dec.tasks == ["parity_check", "copy"]
   assert dec.chance == [0.5, 0.01]
   assert np.isnan(dec.beyond[0, 0]) and np.isnan(dec.within[0, 0])  # none never ran parity
   np.testing.assert_allclose(dec.beyond[:, 1], [0.4, 0.3])
-  assert dec.best() == [["rope"], ["none"]]
+  # none's copy has the higher mean but learned in no seed (greedy exact match 0.8, 0.6 < 0.95).
+  assert dec.best() == [["rope"], ["rope"]]
+  assert dec.beyond_cells[1][1].rank_values == {(0,): 0.2}  # ranking uses learned seeds only
   exact = maps[("decoder", "exact_match")]
   assert exact.chance == [0.0, 0.0]
   np.testing.assert_allclose(exact.beyond[:, 1], [0.15, 0.0])
@@ -195,13 +211,66 @@ def test_heatmap_values_chance_scaling_and_best_row(tmp_path):
   md = collect.heatmap_markdown(list(maps.values()))
   block = md.split("### encoder: accuracy")[1].split("###")[0]
   assert "![encoder accuracy](heatmaps/encoder_accuracy.png)" in block
-  assert "| rope [randomized] | 65.0 (80.0) | 95.0 (100.0) |" in block
-  assert "| alibi | 49.0 (85.0) | 60.0 (100.0) |" in block
-  assert "| **best** | rope, rope [randomized]: 65.0 | rope, rope [randomized]: 95.0 |" in block
+  assert ("| rope [randomized] | 65.0 [65.0, 65.0] max 65.0 (80.0) 0/2 not ranked "
+          "| 95.0 [95.0, 95.0] max 95.0 (100.0) 2/2 **tied-best** |") in block
+  assert ("| alibi | 49.0 [48.0, 50.0] max 50.0 (85.0) 0/2 not ranked "
+          "| 60.0 [60.0, 60.0] max 60.0 (100.0) 2/2 |") in block
+  assert ("| **best** | none (no learned scheme clearly above chance: none whose interval starts "
+          "at ≥ 55.0%) | tied-best: rope, rope [randomized] |") in block
   assert "| chance | 50.0 | 20.0 |" in block
+  ranking = block.split("**Ranking, encoder accuracy**")[1]
+  assert "| alibi | – | 3 |" in ranking and "| rope | 1 | 1= |" in ranking
+  assert "| rope [randomized] | – | 1= |" in ranking
   dec_block = md.split("### decoder: teacher-forced accuracy")[1].split("###")[0]
-  assert "| none |  | 40.0 (80.0) |" in dec_block  # a missing cell stays empty
-  assert "| **best** | rope: 50.0 | none: 15.0 |" in md.split("### decoder: greedy")[1]
+  assert "| none |  | 40.0 [30.0, 50.0] max 50.0 (80.0) 0/2 not ranked |" in dec_block  # empty: no run
+  assert ("| **best** | best: rope | none (no learned scheme clearly above chance: none whose "
+          "interval starts at ≥ 10.0%) |") in md.split("### decoder: greedy")[1]
+
+
+def test_heatmap_figure_hatches_unlearned_cells_and_boxes_best_and_tied(tmp_path):
+  _make_runs(str(tmp_path / "runs"))
+  runs = collect.label_runs(collect.find_runs([str(tmp_path / "runs")]), log=lambda *_: None)
+  enc = next(h for h in collect.heatmaps(runs) if h.form == "encoder")
+  fig = collect.heatmap_figure(enc)
+  try:
+    beyond_ax, within_ax = fig.axes[:2]
+
+    def cells(ax, gid):
+      return sorted((round(p.get_x() + p.get_width() / 2), round(p.get_y() + p.get_height() / 2))
+                    for p in ax.patches if p.get_gid() == gid)
+
+    # (column, row): alibi and rope [randomized] on parity_check learned in no seed.
+    assert cells(beyond_ax, "unlearned") == cells(within_ax, "unlearned") == [(0, 0), (0, 2)]
+    assert cells(beyond_ax, "tied") == [(1, 1), (1, 2)] and cells(beyond_ax, "best") == []
+    assert cells(within_ax, "tied") == []  # marks are for the beyond-range side
+    texts = {t.get_text() for t in beyond_ax.texts}
+    assert "94\n88–100" in texts and "65\n65–65" in texts  # mean and 95% interval, %
+  finally:
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_cells_csv_and_results_csv_carry_intervals_and_learned(tmp_path):
+  _make_runs(str(tmp_path / "runs"))
+  out = tmp_path / "report"
+  collect.collect([str(tmp_path / "runs")], str(out), log=lambda *_: None)
+  with open(out / "results_cells.csv") as f:
+    cells = list(csv.DictReader(f))
+  row = next(c for c in cells if (c["form"], c["metric"], c["row"], c["task"], c["range"])
+             == ("encoder", "accuracy", "rope", "bucket_sort", "beyond"))
+  assert (float(row["mean"]), float(row["ci_lo"]), float(row["ci_hi"]), float(row["max"])) == (
+      pytest.approx(0.94), 0.88, 1.0, 1.0)
+  assert (row["learned"], row["total"], row["ranked"], row["rank"], row["mark"]) == (
+      "2", "2", "1", "1=", "tied")
+  unranked = next(c for c in cells if (c["row"], c["task"], c["range"])
+                  == ("rope [randomized]", "parity_check", "beyond"))
+  assert (unranked["learned"], unranked["ranked"], unranked["rank"]) == ("0", "0", "")
+  with open(out / "results.csv") as f:
+    runs = {(r["label"], r["task"], r["seed"]): r for r in csv.DictReader(f)}
+  assert runs[("rope [encoder]", "bucket_sort", "1")]["learned"] == "1"
+  assert runs[("alibi [encoder]", "parity_check", "0")]["learned"] == "0"
+  assert runs[("rope [decoder]", "copy", "1")]["learned_by"] == (
+      "greedy exact match ≥ 0.95 at lengths 3–3")
 
 
 def test_collect_with_heatmaps_writes_the_same_bytes_twice_and_anywhere(tmp_path):
@@ -401,3 +470,151 @@ def test_atlas_sweep_config_prunes_and_its_folder_keeps_only_small_files():
     ignored[path] = bool(pattern) and not pattern.startswith("!")
   assert [p for p in kept if ignored[p]] == []
   assert [p for p in dropped if not ignored[p]] == []
+
+
+# ----------------------------------------------------------------------------- unlike runs
+
+
+def _config(preset="default", batch=128, layers=2, max_length=64, kind="contiguous",
+            scheme="floater", train_max=12, max_position=128):
+  return {"preset": preset, "seed": 0, "encoding": {"name": scheme, "flow": "free"},
+          "model": {"num_layers": layers, "d_model": 64 if preset == "default" else 16,
+                    "causal": False},
+          "train": {"batch_size": batch, "steps": 1000, "learning_rate": 1e-3},
+          "eval": {"batch_size": batch // 2, "max_length": max_length},
+          "positions": {"kind": kind, "max_position": max_position},
+          "task": {"name": "reverse_string", "train_min_length": 1, "train_max_length": train_max},
+          "init": {"from_workdir": ""}}
+
+
+def _unlike(root, name, config, steps, train_range, task="reverse_string"):
+  """A run folder as experiments.run writes it (results.json, config.json, DONE), by hand."""
+  folder = os.path.join(root, name)
+  os.makedirs(folder)
+  lo, hi = train_range
+  top = config["eval"]["max_length"]
+  per_length = {str(l): (1.0 if l <= hi else 0.5) for l in range(1, top + 1)}
+  results = {"scheme": config["encoding"]["name"], "task": task, "seed": 0, "mode": "encoder",
+             "preset": config["preset"], "steps": steps, "train_range": [lo, hi],
+             "eval_range": [1, top], "per_length": per_length, "in_range_score": 1.0,
+             "out_of_range_score": 0.5, "config_hash": name}
+  with open(os.path.join(folder, "results.json"), "w") as f:
+    json.dump(results, f)
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump({**config, "task": {**config["task"], "name": task}}, f)
+  with open(os.path.join(folder, "DONE"), "w") as f:
+    f.write(name + "\n")
+
+
+def _unlike_runs(root):
+  """Issue 41: a FLOATER default run, a smoke run, a re-evaluation at longer lengths, a
+  randomized sinusoidal run (on two tasks, so the overview figure is drawn)."""
+  for task in ("reverse_string", "parity_check"):
+    _unlike(root, f"floater-default-{task}", _config(), 1000, (1, 12), task)
+    _unlike(root, f"floater-smoke-{task}", _config("smoke", 64, 1, 16, train_max=4), 10, (1, 4),
+            task)
+    reeval = _config(max_length=128)
+    reeval["init"]["from_workdir"] = "runs/floater-default"
+    _unlike(root, f"floater-reeval-{task}", reeval, 0, (1, 12), task)
+    _unlike(root, f"sinusoidal-randomized-{task}",
+            _config(kind="randomized", scheme="sinusoidal", max_position=2048), 1000, (1, 12), task)
+
+
+def test_unlike_runs_are_labelled_by_the_sections_that_differ(tmp_path):
+  _unlike_runs(str(tmp_path))
+  runs = collect.label_runs(collect.find_runs([str(tmp_path)]), log=lambda *_: None)
+  labels = {os.path.basename(r.path): r.label for r in runs if r.task == "reverse_string"}
+  # The smoke preset covers its batch, layers, widths and lengths; randomized positions are
+  # named (and cover their max_position); between the two default floater runs, what differs
+  # is named with its section.
+  assert labels == {
+      "floater-default-reverse_string": "floater [eval.max_length=64, 1000 steps]",
+      "floater-reeval-reverse_string": "floater [eval.max_length=128, 0 steps]",
+      "floater-smoke-reverse_string": "floater [smoke]",
+      "sinusoidal-randomized-reverse_string": "sinusoidal [randomized]"}
+  assert len({r.label for r in runs}) == 4
+
+
+def _inside(inner, outer, slack=1.0):
+  return (inner.x0 >= outer.x0 - slack and inner.y0 >= outer.y0 - slack
+          and inner.x1 <= outer.x1 + slack and inner.y1 <= outer.y1 + slack)
+
+
+def _legend_clear_of_axes(fig):
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+  assert len(legends) == 1
+  box = legends[0].get_window_extent(renderer)
+  assert _inside(box, fig.bbox)  # the whole legend is on the figure
+  for ax in fig.axes:
+    if ax.axison:
+      assert not box.overlaps(ax.get_tightbbox(renderer))  # and beside every panel
+  return [t.get_text() for t in legends[0].get_texts()]
+
+
+def test_unlike_runs_plots_fit_their_legend_and_shade_each_training_range(tmp_path):
+  import matplotlib.pyplot as plt
+  _unlike_runs(str(tmp_path))
+  runs = collect.label_runs(collect.find_runs([str(tmp_path)]), log=lambda *_: None)
+  assert collect.train_ranges(runs, "reverse_string") == [(1, 4), (1, 12)]
+  colors = {r.label: "C0" for r in runs}
+  fig = collect.task_figure(runs, "reverse_string", "accuracy", colors)
+  try:
+    names = _legend_clear_of_axes(fig)
+    assert names[:2] == ["training lengths 1–4", "training lengths 1–12"]
+    assert "floater [eval.max_length=128, 0 steps]" in names
+    spans = [p for p in fig.axes[0].patches if p.get_label() == "training lengths 1–12"]
+    assert len(spans) == 1 and spans[0].get_hatch()  # one band per distinct range, each named
+  finally:
+    plt.close(fig)
+  fig = collect.overview_figure(runs, ["reverse_string", "parity_check"], colors)
+  try:
+    names = _legend_clear_of_axes(fig)
+    assert len(names) == 6
+  finally:
+    plt.close(fig)
+  out = tmp_path / "report"
+  collect.collect([str(tmp_path)], str(out), log=lambda *_: None)
+  assert sorted(os.listdir(out / "plots")) == ["all_tasks.png", "parity_check.png",
+                                               "reverse_string.png"]
+  assert "| floater [smoke] |" in (out / "results.md").read_text()
+
+
+def test_baselines_join_each_heatmap_when_asked(tmp_path):
+  _make_runs(str(tmp_path / "runs"))
+  asked = []
+
+  def fake(config_path):  # what experiments.baselines.baseline_results returns, by hand
+    asked.append(os.path.relpath(config_path, tmp_path / "runs"))
+    with open(config_path) as f:
+      task = json.load(f)["task"]["name"]
+    if task == "copy":
+      raise ValueError("no rule for copy here")
+    result = {"chance": {"in_range_score": 0.5, "out_of_range_score": 0.25}}
+    if task == "parity_check":
+      result["bag_answer"] = {"in_range_score": 1.0, "out_of_range_score": 1.0,
+                              "greedy": {"in_range_exact_match": 1.0,
+                                         "out_of_range_exact_match": 0.75}}
+    return result
+
+  warnings = []
+  out = tmp_path / "report"
+  collect.collect([str(tmp_path / "runs")], str(out), log=warnings.append, heatmap=True,
+                  baselines=fake)
+  # one point per form and task (the first by path), each asked once
+  assert sorted(asked) == sorted(["alibi-bucket_sort-seed0/config.json",
+                                  "alibi-parity_check-seed0/config.json",
+                                  "none-copy-causalTrue-seed0/config.json",
+                                  "rope-parity_check-causalTrue-seed0/config.json"])
+  assert any("no baselines for decoder copy" in w for w in warnings)
+  md = (out / "results.md").read_text()
+  enc = md.split("**Baselines, encoder accuracy**")[1].split("###")[0]
+  assert "| bag_answer | 100.0 (100.0) |  |" in enc and "| chance | 25.0 (50.0) | 25.0 (50.0) |" in enc
+  exact = md.split("**Baselines, decoder greedy exact match**")[1].split("##")[0]
+  assert "| bag_answer | 75.0 (100.0) |  |" in exact
+  collect.collect([str(tmp_path / "runs")], str(out), log=warnings.append, heatmap=True)
+  assert "Baselines" not in (out / "results.md").read_text()  # off unless asked
+  (tmp_path / "runs" / "collect.json").write_text('{"baselines": "yes"}')
+  with pytest.raises(ValueError, match="baselines must be true or false"):
+    collect.read_settings(str(tmp_path / "runs"))
