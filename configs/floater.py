@@ -2,8 +2,8 @@
 
 * default — base's CPU preset (same model, steps and evaluation as configs/sinusoidal.py, so the
   two compare directly); FLOATER with its defaults: q/k/v injection on top of the sinusoidal
-  input, the paper's unconstrained flow (``flow=free``), adaptive Tsit5 (rtol 1e-3, atol 1e-6), Δt = 0.01,
-  backprop through the solver.
+  input, ``flow=auto`` (the paper's unconstrained flow, ``free``, here), adaptive Tsit5 (rtol 1e-3,
+  atol 1e-6), Δt = 0.01, backprop through the solver.
 * smoke   — base's smoke preset.
 * paper   — base's paper protocol with the official solver settings: torchdiffeq's RK4 at step Δt/5 and the adjoint method (xuanqing94/FLOATER, fairseq/models/flow_transformer.py:
   ``odeint_adjoint``, ``method="rk4"``, ``step_size=time_dt/5``).
@@ -22,7 +22,12 @@ The paper's conceptual form (an additive per-layer input instead of q/k/v biases
 Flow forms (``config.encoding.flow``; see the module docstring): ``decay``
 (``|p_i| <= max(|p_i(0)|, c/λ)`` at every position), ``tanh`` (speed ``|dp_i/dt| <= c``),
 ``sphere`` (``‖p(t)‖ = ‖p(0)‖``), with ``c = encoding.flow_speed``, ``λ = encoding.flow_decay``;
-``free`` is the paper's unconstrained ``h`` (the default). ``results.json`` records
+``free`` is the paper's unconstrained ``h``. The default, ``auto``, is ``free`` while the
+training positions stay within the time the paper fits it over (``(positions − 1)·Δt <= 2.55``,
+``floater.FREE_HORIZON``: every preset's contiguous positions) and ``decay`` beyond, announced in
+the log: randomized positions (``--config.positions.kind=randomized``) or random offsets train
+on positions up to ``positions.max_position`` (t = 20.47 at 2048), where the free flow grows the
+state a million-fold before the first step and training diverges. ``results.json`` records
 the trained trajectory's growth at the longest evaluated position (``encoding_report``).
 """
 
@@ -34,5 +39,5 @@ def get_config(arg=None):
   if c.preset == "paper":
     c.encoding.method = "rk4"
     c.encoding.adjoint = "backsolve"
-    c.encoding.flow = "free"  # the paper's unconstrained h
+    # flow stays "auto": the paper's unconstrained h on its contiguous positions (t <= 0.8)
   return c

@@ -159,7 +159,7 @@ ENCODING: dict[str, dict[str, str]] = {
         "checkpoints": "recursive adjoint's checkpoints (0: diffrax's default)",
         "sinusoidal_input": "also add the sinusoidal table to the input (official)",
         "base": _BASE + " (the flow's initial value)",
-        "flow": "free (the paper's unconstrained flow) or bounded: decay, tanh, sphere",
+        "flow": "auto (free while training positions stay within t <= 2.55, else decay), free (the paper's), or bounded: decay, tanh, sphere",
         "flow_speed": "c: the bounded flows' speed limit |dp/dt| <= c",
         "flow_decay": "lambda of the decay flow: |p_i| <= max(|p_i(0)|, c/lambda)",
     },

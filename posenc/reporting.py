@@ -130,11 +130,12 @@ class Progress:
 
 
 def plot_accuracy(path: str, per_length: dict, train_range: tuple[int, int], title: str,
-                  ylabel: str = "accuracy", extra: dict | None = None) -> None:
+                  ylabel: str = "accuracy", extra: dict | None = None,
+                  chance: float | None = None) -> None:
   """Accuracy (or another metric) against length, the training range shaded.
 
   ``extra`` maps a label to another per-length curve drawn on the same axes (greedy
-  exact match next to teacher-forced accuracy); the main curve is then labelled too.
+  exact match next to teacher-forced accuracy); ``chance``: a dashed horizontal line.
   """
   import matplotlib
   matplotlib.use("Agg")
@@ -147,10 +148,13 @@ def plot_accuracy(path: str, per_length: dict, train_range: tuple[int, int], tit
   fig, ax = plt.subplots(figsize=(7, 4))
   ax.axvspan(train_range[0] - 0.5, train_range[1] + 0.5, color="tab:green", alpha=0.12,
              label=f"training lengths {train_range[0]}–{train_range[1]}")
+  greedy = any("greedy" in label for label in (extra or {}))
   ax.plot(*curve(per_length), marker=".", lw=1,
-          label="teacher-forced accuracy" if extra else None)
+          label="teacher-forced accuracy" if greedy else ylabel)
   for label, d in (extra or {}).items():
     ax.plot(*curve(d), marker=".", lw=1, label=label)
+  if chance is not None:
+    ax.axhline(chance, ls="--", color="gray", lw=1, label="chance")
   ax.set_xlabel("input length")
   ax.set_ylabel(ylabel)
   ax.set_ylim(0, 1.02)

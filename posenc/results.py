@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from posenc import reporting
+from posenc import encodings, reporting
 from posenc.setup import Setup
 
 
@@ -92,6 +92,10 @@ def assemble(s: Setup, per_length, greedy, extra: dict, reports: list[dict], *, 
         "in_range_exact_match": ranges["in_range_score"],
         "out_of_range_exact_match": ranges["out_of_range_score"]}}
 
+  # what an "auto" option of the scheme resolved to for this run (FLOATER's flow)
+  resolver = getattr(encodings.get(config.encoding.name), "resolved", None)
+  resolved = resolver(config.encoding, s.train_positions()) if callable(resolver) else {}
+
   def criterion_of(k):  # seed k's record, or for the seeds' aggregate all of them
     if k is not None:
       rec = tracker.seed_record(k)
@@ -112,6 +116,7 @@ def assemble(s: Setup, per_length, greedy, extra: dict, reports: list[dict], *, 
         "eval_programs": len(s.eval_buckets), "num_params": n_params // S,
         "timing": dict(timing),
         "mode": "decoder" if s.causal else "encoder", **extra, **greedy_of(k),
+        **({"encoding_resolved": resolved} if resolved else {}),
         **({} if tracker is None else criterion_of(k)),
         **({} if not reports[0] else {"encoding_report": reports[k]} if k is not None
            else {"encoding_report_per_seed": reports}),
@@ -137,12 +142,22 @@ def assemble(s: Setup, per_length, greedy, extra: dict, reports: list[dict], *, 
   return results, seed_results
 
 
+def chance_level(task) -> float | None:
+  """The accuracy of guessing uniformly, drawn as the ``chance`` line of ``plots/accuracy.png``:
+  ``1 / task.output_vocab_size`` (single-answer tasks: one over the number of classes; sequence
+  tasks: per token, one over the output alphabet); None for a task without an output vocabulary."""
+  size = getattr(task, "output_vocab_size", 0)
+  return 1.0 / size if isinstance(size, int) and size > 0 else None
+
+
 def write(s: Setup, results: dict, seed_results: list[dict]) -> None:
   """Writes ``results.json`` (and each seed's), the plots (``config.plots``), and ``DONE`` last
-  (process 0 only)."""
+  (process 0 only). ``plots/accuracy.png`` carries a ``chance`` line (:func:`chance_level`)."""
   config, wd = s.config, s.workdir
   S = config.num_seeds
   title = f"{config.encoding.name} on {config.task.name}"
+
+  chance = chance_level(s.task)
 
   def greedy_curve(r):
     return {"greedy exact match": r["greedy"]["per_length_exact_match"]} if "greedy" in r else None
@@ -155,7 +170,7 @@ def write(s: Setup, results: dict, seed_results: list[dict]) -> None:
     if plots:
       reporting.plot_accuracy(os.path.join(sub, "plots", "accuracy.png"), r["per_length"],
                               tuple(r["train_range"]), f"{title} (seed {r['seed']})",
-                              extra=greedy_curve(r))
+                              extra=greedy_curve(r), chance=chance)
   reporting.atomic_write_json(results_path(s), results)
   if plots:
     if hasattr(s.task, "plot"):
@@ -164,7 +179,7 @@ def write(s: Setup, results: dict, seed_results: list[dict]) -> None:
       reporting.plot_accuracy(os.path.join(wd, "plots", "accuracy.png"), results["per_length"],
                               tuple(results["train_range"]),
                               title + (f" (mean of {S} seeds)" if S > 1 else ""),
-                              extra=greedy_curve(results))
+                              extra=greedy_curve(results), chance=chance)
     reporting.plot_training(os.path.join(wd, "plots", "training.png"), reporting.read_metrics(wd))
   reporting.atomic_write_text(done_path(s), f"{s.config_hash}\n")
 

@@ -7,7 +7,8 @@ The text report reads only the workdir's own files — the orbax checkpoint, ``c
 file no longer exists (or has changed) in this checkout. It prints every parameter (path, shape,
 dtype, count, mean, std), the total, the run's config and a metrics summary.
 
-``--plots`` writes PNGs into ``WORKDIR/inspect/`` (or ``--out``), one per scheme family found by
+``--plots`` writes PNGs into ``WORKDIR/inspect/`` (or ``--out``) and prints where: the folder
+first, then ``plot: PATH`` per file (absolute paths), one per scheme family found by
 its parameter names and public functions: position similarity, bias vs distance, rotary
 frequencies, FLOATER's trajectory, attention maps. What each shows, and how it is found, is in
 ``posenc/inspect/`` (the package docstring and one module per figure); this file is only the
@@ -53,7 +54,9 @@ def main(argv: list[str] | None = None, *, exiting: bool = False) -> int:
   parser = _Parser(prog="python -m scripts.inspect_checkpoint", description=__doc__.split("\n")[0])
   parser.add_argument("workdir", help="a run's folder (the --workdir of experiments.run)")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-  parser.add_argument("--plots", action="store_true", help="also write PNGs (see posenc/inspect)")
+  parser.add_argument("--plots", action="store_true",
+                      help="also write PNGs into WORKDIR/inspect/ (or --out), printing each path "
+                           "(see posenc/inspect)")
   parser.add_argument("--out", default=None, help="folder for the PNGs (default: WORKDIR/inspect)")
   parser.add_argument("--long_length", type=int, default=0,
                       help=f"input length of the long attention map (default: eval.max_length, "

@@ -321,9 +321,9 @@ def test_flow_fields_are_the_documented_formulas():
                              floater.vector_field(small, t, p), rtol=1e-5, atol=1e-9)
   with pytest.raises(ConfigError, match="config.encoding.flow"):
     _module(flow="bounded").check(8)
-  from configs import floater as floater_config  # the default is the paper's free flow
-  assert floater_config.get_config().encoding.flow == "free"
-  assert floater_config.get_config("paper").encoding.flow == "free"
+  from configs import floater as floater_config  # "auto": the paper's free flow in range
+  for preset in ("default", "paper", "smoke"):
+    assert floater_config.get_config(preset).encoding.flow == "auto"
   for field_name in ("flow_speed", "flow_decay"):
     with pytest.raises(ConfigError, match=f"config.encoding.{field_name}"):
       _module(**{field_name: 0.0}).check(8)
@@ -369,6 +369,12 @@ def test_training_step_has_no_host_callbacks_and_reports_the_solver():
   assert _host_callbacks(step) == 0
   _, metrics = step(state, keys["train"])
   assert int(metrics["ode_status"]) == floater.OK and float(metrics["ode_steps"]) >= 1
+  # ode_norm: the largest row norm of the step's solve (what a divergence message reads).
+  enc = state["params"]["encoding"]
+  table = floater.solve({k: enc[f"ode_{k}"] for k in ("w1", "b1", "w2", "b2")}, enc["ode_p0"],
+                        s.train_bound())
+  np.testing.assert_allclose(float(metrics["ode_norm"]),
+                             np.linalg.norm(np.asarray(table), axis=-1).max(), rtol=1e-5)
   # A failed solve is NaN everywhere, with its status (no host callback to raise it).
   ys, status, _ = floater.solve_with_status(_dyn(d, scale=1e3), p0, 50, max_steps=16)
   assert int(status) == floater.OUT_OF_STEPS and bool(jnp.all(jnp.isnan(ys)))
@@ -614,3 +620,99 @@ def test_bounded_flows_step_size_does_not_follow_rounding():
                       for a, b in zip(*map(jax.tree_util.tree_leaves, g[::-1])))
   assert rel(_decay_solve_gradient(plain)) > 0.1  # the defect, as diffrax's controller has it
   assert rel(_decay_solve_gradient(ours)) < 1e-3
+
+
+# ----------------------------------------------------------------------------- randomized positions
+
+
+def _randomized(preset="default", **overrides):
+  return train.setup(helpers.config("floater", preset, **{"positions.kind": "randomized",
+                                                          **overrides}))
+
+
+def test_auto_flow_is_free_in_range_and_decay_where_training_positions_reach_far(capsys,
+                                                                               monkeypatch):
+  """Randomized positions train on positions up to positions.max_position (t = 20.47 at 2048),
+  where the free flow grew the state ~5e6-fold before any step and training diverged; "auto"
+  (the default) solves decay there, says so once, and keeps the paper's flow everywhere else."""
+  assert floater.resolve_flow("auto", 33, 0.01) == "free"      # default preset, contiguous
+  assert floater.resolve_flow("auto", 256, 0.01) == "free"     # t = 2.55: the official range
+  assert floater.resolve_flow("auto", 257, 0.01) == "decay"
+  assert floater.free_dt(2048) == 0.00124 and floater.free_dt(33) == 0.0796
+  assert floater.resolve_flow("auto", 2048, floater.free_dt(2048)) == "free"  # time rescaled
+  assert floater.resolve_flow("auto", 0, 0.01) == "free"       # unknown: the paper's
+  for flow in floater.FLOWS:
+    assert floater.resolve_flow(flow, 2048, 0.01) == flow      # an explicit choice stands
+  contiguous = train.setup(helpers.config("floater", "default"))
+  assert contiguous.model(64).encoding.resolved_flow == "free"
+  assert "note:" not in capsys.readouterr().out
+  s = _randomized()
+  enc = s.model(s.train_bound()).encoding
+  assert enc.flow == "auto" and enc.resolved_flow == "decay"
+  assert enc.solver_kwargs()["flow"] == "decay"
+  evaluation = s.model(max(s.eval_bound(p) for _, p in s.eval_buckets)).encoding
+  assert evaluation.solver_kwargs()["flow"] == "decay"  # training and evaluation agree
+  assert floater.Encoding.resolved(s.config.encoding, s.train_positions()) == {"flow": "decay"}
+  assert floater.Encoding.resolved(contiguous.config.encoding, contiguous.train_positions()) == {
+      "flow": "free"}
+  printed = capsys.readouterr().out
+  assert printed.count("note: FLOATER: encoding.flow=auto -> decay") == 1, printed
+  assert "t = 20.47" in printed and "--config.encoding.flow=free" in printed
+  _randomized()  # once per process
+  assert "note:" not in capsys.readouterr().out
+  explicit = _randomized(**{"encoding.flow": "free"})
+  assert explicit.model(8).encoding.solver_kwargs()["flow"] == "free"
+  assert floater.Encoding.resolved(explicit.config.encoding, 2048) == {}
+
+
+def test_a_smoke_step_with_randomized_positions_solves_the_bounded_flow():
+  """The training step of the auto flow with randomized positions up to 2048 solves decay:
+  its state stays within the bound, where the free flow's grows past 10^5."""
+  s = _randomized("smoke")
+  keys = train.root_keys(0)
+  state = train.init_state(s, keys["init"])
+  _, metrics = jax.jit(train.make_train_step(s))(state, keys["train"])
+  p0 = np.asarray(state["params"]["encoding"]["ode_p0"])
+  bound = np.sqrt(np.sum(np.maximum(np.abs(p0), 1.0) ** 2, -1)).max()  # decay: |p_i| <= max(|p_i(0)|, 1)
+  assert int(metrics["ode_status"]) == floater.OK
+  assert float(metrics["ode_norm"]) <= bound * (1 + 1e-5)
+  assert np.isfinite(float(metrics["grad_norm"]))
+  enc = state["params"]["encoding"]
+  free = floater.solve({k: enc[f"ode_{k}"] for k in ("w1", "b1", "w2", "b2")}, enc["ode_p0"],
+                       s.train_bound(), max_steps=16384)
+  assert np.linalg.norm(np.asarray(free), axis=-1).max() > 1e3 * bound
+
+
+def _diverged(norm, loss_nan=True, status=floater.OK):
+  return {"loss": np.array([0.7, np.nan if loss_nan else 0.6]), "grad_norm": np.array([2.3e5, 1.0]),
+          "ode_status": np.array([floater.OK, status]), "ode_norm": np.array([norm, np.nan])}
+
+
+def test_a_divergence_names_the_flows_growth_and_the_flow_that_bounds_it():
+  s = _randomized(**{"encoding.flow": "free"})
+  cfg, n = s.config.encoding, s.train_bound()
+  assert n == s.config.positions.max_position == 2048
+  msg = floater.Encoding.explain_failure(_diverged(4.8e6), cfg, n)
+  assert msg.startswith("likely cause: the FLOATER ODE state grew to norm 4.8e+06 ")
+  for part in ("positions 0..2047", "t <= 20.47", "config.positions.max_position",
+               "free flow", "--config.encoding.flow=decay", "tanh, sphere",
+               "--config.encoding.dt=0.00124"):
+    assert part in msg, (part, msg)
+  # Through the training loop's check: the step and the kept checkpoint around it.
+  with pytest.raises(train.TrainingDiverged, match=r"^training failed at step 157: likely cause: "
+                     r"the FLOATER ODE state grew .*flow=decay.*; kept$"):
+    train.check_diverged(s, _diverged(4.8e6), 157, "kept")
+  # tanh drifts linearly: it is named with the flows that bound the state.
+  tanh = helpers.config("floater", **{"encoding.flow": "tanh"}).encoding
+  assert "bounds the speed, not the state" in floater.Encoding.explain_failure(
+      _diverged(2e3), tanh, n)
+  # No growth, or nothing diverged (evaluation asks too, with finite numbers): no FLOATER cause.
+  assert floater.Encoding.explain_failure(_diverged(40.0), cfg, n) is None
+  assert floater.Encoding.explain_failure(_diverged(4.8e6, loss_nan=False), cfg, n) is None
+  assert floater.Encoding.explain_failure(
+      {"ode_status": np.array([0]), "ode_steps": np.array([9.0]), "ode_norm": np.array([5e6])},
+      cfg, n) is None
+  # A failed solve keeps its own message and adds the growth seen before it.
+  failed = floater.Encoding.explain_failure(_diverged(4.8e6, status=floater.NONFINITE), cfg, n)
+  assert failed.startswith("FLOATER ODE solver: the solved positions are NaN/Inf")
+  assert "; before it, the FLOATER ODE state grew to norm 4.8e+06" in failed

@@ -205,3 +205,46 @@ def test_errors_are_one_line_with_status_2(runs, tmp_path):
     assert re.search(cases[name][1], lines[0][len("error: "):]), (name, lines[0])
     assert "Traceback" not in out, name
   assert not os.path.exists(damaged / "inspect") and os.listdir(empty) == []
+
+
+def test_plots_say_where_the_pngs_go(runs, tmp_path, capsys, monkeypatch):
+  """A relative WORKDIR: the folder is printed first and every PNG by its absolute path."""
+  shutil.copytree(runs["sinusoidal"], tmp_path / "rel-run")
+  monkeypatch.chdir(tmp_path)
+  assert ic.main(["rel-run", "--plots"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  folder = str(tmp_path / "rel-run" / "inspect")
+  start = lines.index(f"plots: writing PNGs into {folder}")
+  paths = [l[len("plot: "):] for l in lines[start:] if l.startswith("plot: ")]
+  assert sorted(paths) == sorted(str(tmp_path / "rel-run" / "inspect" / n)
+                                 for n in EXPECTED_PLOTS["sinusoidal"])
+  assert all(os.path.isabs(p) and os.path.exists(p) for p in paths)
+  assert lines[-1] == f"plots: 3 PNGs in {folder}"
+
+
+def test_floater_position_similarity_shows_the_solved_trajectory(tmp_path, monkeypatch):
+  """Beside the sinusoidal input (the embed hook), the rows p(k·Δt) that the model adds to
+  q, k and v at positions 0..N-1: as added and centred."""
+  from posenc.encodings import floater
+  from posenc.inspect import figures, position_similarity
+  from posenc.inspect.context import Context
+  wd = untrained_run(str(tmp_path / "floater-run"), "floater")
+  params, _ = train.load_params(wd)
+  panels = []
+  monkeypatch.setattr(figures, "similarity_panel",
+                      lambda ax, sim, title, marks=(): panels.append((np.asarray(sim), title)))
+  with open(os.path.join(wd, "config.json")) as f:
+    config = json.load(f)
+  ctx = Context(wd, config, jax.tree_util.tree_map(np.asarray, params), str(tmp_path / "out"), 0)
+  path = position_similarity.plot_position_similarity(ctx)
+  assert (tmp_path / "out" / "position_similarity.png").read_bytes().startswith(PNG), path
+  n = ctx.eval_positions()
+  enc = params["encoding"]
+  rows = np.asarray(floater.solve({k: enc[f"ode_{k}"] for k in ("w1", "b1", "w2", "b2")},
+                                  enc["ode_p0"], n), np.float64).reshape(n, -1)
+  titles = [t for _, t in panels]
+  assert len(panels) == 3 and titles[0].startswith("embed hook"), titles
+  assert titles[1].startswith(f"solved table at positions 0–{n - 1} (3 × 1 × 16 per row), as added")
+  np.testing.assert_allclose(panels[1][0], figures.cosine(rows), atol=1e-5)
+  assert "centred" in titles[2]
+  np.testing.assert_allclose(panels[2][0], figures.cosine(rows - rows.mean(0)), atol=1e-4)

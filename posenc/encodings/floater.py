@@ -62,7 +62,9 @@ Bounded speed also ties the adaptive solver's step count to the length of the so
 ``c`` times the Lipschitz constant of ``h``), never to how large the state has grown. ``results.json`` records the trajectory's growth and the evaluation
 solve's steps (``encoding_report``, :meth:`Encoding.report`), so a diverging flow is visible.
 
-The default is the paper's ``"free"`` form. The bounded forms use a step-size controller that
+The default, ``"auto"``, is the paper's ``"free"`` form on the contiguous positions of every
+preset and ``"decay"`` where training positions reach past :data:`FREE_HORIZON` (randomized
+positions; see below). The bounded forms use a step-size controller that
 reads rounding-level error estimates as 0 (:func:`step_size_controller`): with diffrax's own,
 ``"decay"``'s time grid followed float32 rounding, and two seeds split over two CPU devices
 (``seed_loop=shard_spmd``) ended 1e-3 away from their single-seed runs (``ode_b1``, 4 smoke
@@ -77,7 +79,9 @@ with a bound uniform in ``t`` and a solve whose cost stays moderate.
 
 Public math: :func:`vector_field` (``h``), :func:`flow_field`, :func:`init_dynamics`,
 :func:`init_p0`, :func:`solve`, :func:`solve_with_status`, :func:`solve_stats`, :func:`lookup`;
-:func:`solver_stats` for benchmarks; :func:`trajectory_report` for ``results.json``.
+:func:`solver_stats` for benchmarks; :func:`trajectory_report` for ``results.json``;
+:func:`resolve_flow` (what ``flow="auto"`` solves), :func:`growth_message` (a divergence
+explained by the state's growth).
 
 Failures (the solver running out of ``max_steps``, a blow-up to NaN/Inf) are clear errors that
 name the config field to change. :func:`solve` raises them through ``eqx.branched_error_if`` (a
@@ -93,8 +97,17 @@ cost FLOATER's training step about 7% on a 2-core CPU.
 Extrapolation = integrate further: a program whose positions are below ``max_position`` solves
 ``max_position`` rows, whatever the training length was. Randomized positions work because rows
 are gathered by position. The official code solved to ``t ≤ 2.54`` (``max_seq_len = 255``);
-positions in the thousands reach ``t ≈ 20`` where an untrained ``h`` can grow the state by
-orders of magnitude, so with wide randomized ranges consider a smaller ``dt``.
+randomized positions (or random offsets) train on positions up to ``positions.max_position``,
+``t ≈ 20`` at 2048, where the untrained free flow already grows the state ~5·10⁶-fold: the
+q/k/v terms swamp attention and training diverges (gradient norm 2·10⁵ by step 100, NaN at
+step 157 on the default preset). So ``flow="auto"``, the default, resolves to ``"free"`` (the
+paper's) only while every training position's time stays within :data:`FREE_HORIZON`, and to
+``"decay"`` beyond it (:func:`resolve_flow`; the run prints a ``note:``); ``decay`` rather than
+a time rescaling (a smaller ``dt``) because it is bounded for every parameter value and every
+position, so evaluation at any length stays bounded too, whereas a rescaled free flow is only
+untrained-safe and can still grow once trained. A divergence with the state's norm past
+:data:`GROWTH_NORM` (diagnostic ``ode_norm``) is explained as that growth
+(:meth:`Encoding.explain_failure`).
 
 Gradients go through the solver (``diffrax.RecursiveCheckpointAdjoint``) by default; the
 continuous adjoint (``diffrax.BacksolveAdjoint``, what the official code's ``odeint_adjoint``
@@ -105,6 +118,7 @@ forward pass (exact gradients every step).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, ClassVar
 
 import diffrax
@@ -122,6 +136,18 @@ METHODS = ("tsit5", "rk4")
 ADJOINTS = ("recursive", "backsolve")
 INJECTIONS = ("qkv", "layer_input")
 FLOWS = ("free", "tanh", "decay", "sphere")
+# ``encoding.flow`` also takes "auto" (the default): see :func:`resolve_flow`.
+FLOW_OPTIONS = ("auto",) + FLOWS
+# The longest time the paper's free flow is fit over in the official code (max_seq_len 255 at
+# Δt = 0.01, so t <= 2.54): "auto" keeps the free flow while every training position's time is
+# within it. Untrained (xavier) dynamics grow ‖p‖ about 7x by t = 2.56, 2·10³x by t = 10.24 and
+# 5·10⁶x by t = 20.47 (3 seeds, d = 64): no optimizer recovers from the last.
+FREE_HORIZON = 2.55
+# What "auto" picks beyond FREE_HORIZON: the one form bounded uniformly in t (module docstring).
+AUTO_BOUNDED_FLOW = "decay"
+# A state norm past this (xavier p(0) rows have norm ~0.7, the sinusoidal input ~5.7, trained
+# in-range trajectories stay below ~40) is named as the likely cause of a divergence.
+GROWTH_NORM = 1e3
 _EPS = 1e-12
 
 # One dynamics callable: ``dynamics(params, t, p) -> dp/dt`` with ``p`` of any shape.
@@ -190,6 +216,44 @@ def flow_field(dynamics: Dynamics = vector_field, flow: str = "free", *, speed: 
     along = jnp.sum(v * p, -1, keepdims=True) / jnp.maximum(jnp.sum(p * p, -1, keepdims=True), _EPS)
     return v - along * p
   return tangent
+
+
+def resolve_flow(flow: str, train_positions: int, dt: float) -> str:
+  """The flow form a run with ``encoding.flow = flow`` solves; only ``"auto"`` is resolved.
+
+  ``"auto"`` is the paper's ``"free"`` flow while every training position's time
+  ``(train_positions − 1)·dt`` stays within :data:`FREE_HORIZON` (the official code's range),
+  and :data:`AUTO_BOUNDED_FLOW` (``"decay"``) beyond it: randomized positions
+  (``positions.kind=randomized``) or random offsets train on positions up to
+  ``positions.max_position`` (t = 20.47 at 2048), where even the untrained free flow grows the
+  state a million-fold and training diverges. ``train_positions`` is ``Dims.train_positions``
+  (every real training token's position is below it; 0: unknown, read as within the horizon),
+  the same in every program of a run, so training and evaluation solve the same flow.
+  """
+  if flow != "auto":
+    return flow
+  if train_positions and (train_positions - 1) * dt > FREE_HORIZON + 1e-9:  # 255·0.01 rounds up
+    return AUTO_BOUNDED_FLOW
+  return "free"
+
+
+def free_dt(num_positions: int) -> float:
+  """The largest ``dt`` of 3 significant digits that keeps ``num_positions`` positions within
+  :data:`FREE_HORIZON` (the time step a message suggests for the free flow)."""
+  v = FREE_HORIZON / max(num_positions - 1, 1)
+  unit = 10.0 ** (math.floor(math.log10(v)) - 2)
+  return float(f"{math.floor(v / unit + 1e-9) * unit:.3g}")
+
+
+def auto_flow_note(train_positions: int, dt: float) -> str:
+  """The line a run logs when ``flow="auto"`` picks a bounded flow (see :func:`resolve_flow`)."""
+  flow = resolve_flow("auto", train_positions, dt)
+  return (f"FLOATER: encoding.flow=auto -> {flow}: training positions reach "
+          f"{train_positions - 1} (t = {(train_positions - 1) * dt:g} at dt={dt:g}), past the "
+          f"t <= {FREE_HORIZON:g} the paper's free flow is fit over, where it grows the state by "
+          f"orders of magnitude and training diverges; {flow} holds |p_i| <= max(|p_i(0)|, "
+          "flow_speed/flow_decay). The free flow on request: --config.encoding.flow=free with "
+          f"--config.encoding.dt={free_dt(train_positions):g}")
 
 
 def enforce_bound(rows: jax.Array, p0: jax.Array, ts, flow: str, *, speed: float = 10.0,
@@ -473,9 +537,44 @@ def trajectory_report(table: jax.Array, train_positions: int) -> dict:
           "drift_train_end": drift[inside - 1], "drift_last": drift[-1]}
 
 
+_ANNOUNCED: set[str] = set()
+
+
+def _announce(note: str) -> None:
+  """Prints ``note`` once per process (``check`` runs at every ``setup`` of a run)."""
+  if note not in _ANNOUNCED:
+    _ANNOUNCED.add(note)
+    print(f"note: {note}", flush=True)
+
+
 def lookup(table: jax.Array, positions: jax.Array) -> jax.Array:
   """Rows of a solved ``table`` ``[N, ...]`` at int ``positions`` ``[B|1, L]`` -> ``[B|1, L, ...]``."""
   return jnp.take(table, positions, axis=0, mode="clip")
+
+
+def growth_message(norm: float, encoding_config, num_positions: int) -> str:
+  """A divergence explained by the state's growth: ``norm`` is the largest ``‖p(t_k)‖`` the
+  training step solved over ``num_positions`` positions; names the flow that bounds it."""
+  dt = float(encoding_config.dt)
+  flow = resolve_flow(encoding_config.flow, num_positions, dt)
+  t = (num_positions - 1) * dt
+  what = (f"the FLOATER ODE state grew to norm {norm:.3g} (p(0) rows start near 1) over "
+          f"positions 0..{num_positions - 1} (t <= {t:g}; with randomized positions or random "
+          "offsets the training step solves up to config.positions.max_position), so its q/k/v "
+          "terms swamp attention and its gradients")
+  if flow == "free":
+    return (f"{what}: the paper's free flow (encoding.flow={encoding_config.flow}) is unbounded "
+            f"and is fit only up to t = {FREE_HORIZON:g} in the official code; use a bounded "
+            "flow, --config.encoding.flow=decay (or tanh, sphere; flow=auto picks decay at this "
+            f"range), or a smaller time step, --config.encoding.dt={free_dt(num_positions):g}")
+  if flow == "tanh":
+    return (f"{what}: the tanh flow bounds the speed, not the state (it drifts up to "
+            f"flow_speed·t = {float(encoding_config.flow_speed) * t:g} per component); use "
+            "--config.encoding.flow=decay or sphere, or lower --config.encoding.flow_speed")
+  bound = ("max(|p_i(0)|, flow_speed/flow_decay) per component" if flow == "decay"
+           else "‖p(0)‖ per row")
+  return (f"{what}, although the {flow} flow bounds it by {bound}: the learned p(0) grew; "
+          "lower --config.train.learning_rate")
 
 
 # ----------------------------------------------------------------------------- module
@@ -509,7 +608,8 @@ class Encoding(_Base):
   checkpoints: int = 0            # recursive adjoint's checkpoints; 0: diffrax's default
   sinusoidal_input: bool = True   # also add the sinusoidal table to the input (official)
   base: float = 10000.0
-  flow: str = "free"              # the paper's h; bounded: "decay", "tanh", "sphere"
+  flow: str = "auto"              # "free" (the paper's h); bounded: "decay", "tanh", "sphere";
+                                  # "auto": free within FREE_HORIZON, else decay (resolve_flow)
   flow_speed: float = 10.0        # c: the bounded forms' speed limit |dp_i/dt| <= c
   flow_decay: float = 10.0        # λ of "decay": |p_i| <= max(|p_i(0)|, c/λ)
 
@@ -520,7 +620,7 @@ class Encoding(_Base):
 
   def check(self, max_position):
     opts = (("injection", INJECTIONS), ("method", METHODS), ("adjoint", ADJOINTS),
-            ("flow", FLOWS))
+            ("flow", FLOW_OPTIONS))
     for field, allowed in opts:
       if getattr(self, field) not in allowed:
         raise ConfigError(f"config.encoding.{field}",
@@ -537,6 +637,21 @@ class Encoding(_Base):
       value = getattr(self, field)
       if not (np.isfinite(value) and value > 0):
         raise ConfigError(f"config.encoding.{field}", f"must be a finite number > 0, got {value}")
+    if self.flow == "auto" and self.resolved_flow != "free":
+      _announce(auto_flow_note(self.dims.train_positions, self.dt))
+
+  @property
+  def resolved_flow(self) -> str:
+    """The flow form this module solves: ``flow`` with ``"auto"`` resolved (:func:`resolve_flow`)."""
+    return resolve_flow(self.flow, self.dims.train_positions, self.dt)
+
+  @classmethod
+  def resolved(cls, encoding_config, train_positions: int) -> dict:
+    """``{"flow": form}`` when ``encoding_config.flow`` is ``"auto"`` (what the run solves, for
+    its log and ``results.json``), else ``{}``; ``train_positions`` as ``Dims.train_positions``."""
+    if encoding_config.get("flow", "auto") != "auto":
+      return {}
+    return {"flow": resolve_flow("auto", train_positions, encoding_config.get("dt", cls.dt))}
 
   def setup(self):
     d, layers = self.dims.d_model, self.dims.num_layers
@@ -567,6 +682,9 @@ class Encoding(_Base):
           self.dynamics_params, self.p0, self.dims.max_position, **self.solver_kwargs())
       self.put_variable("diagnostics", "ode_status", status)
       self.put_variable("diagnostics", "ode_steps", steps.astype(jnp.float32))
+      # The largest row norm ‖p(t_k)‖ of the solve: a divergence names the flow's growth.
+      self.put_variable("diagnostics", "ode_norm",
+                        jnp.max(_norm(self.table.reshape(-1, self.table.shape[-1]))))
     else:
       self.table = solve(self.dynamics_params, self.p0, self.dims.max_position, **self.solver_kwargs())
     if self.injection == "qkv":  # what evaluation caches (computed only when read)
@@ -580,23 +698,37 @@ class Encoding(_Base):
 
   @classmethod
   def explain_failure(cls, diagnostics: dict, encoding_config, num_positions: int) -> str | None:
-    """Why training steps went NaN, from their ``diagnostics`` metrics; None if not the solver.
+    """Why training steps went NaN, from their ``diagnostics`` metrics; None if not FLOATER's.
 
     ``diagnostics``: metric name -> array over steps (and seeds); ``encoding_config``: the
-    run's ``config.encoding``; ``num_positions``: rows the training step solves.
+    run's ``config.encoding``; ``num_positions``: rows the training step solves. A failed
+    solve (``ode_status``) is named with the field that fixes it; otherwise, when the metrics
+    show a NaN/Inf ``loss`` or ``grad_norm`` and the solved state grew past
+    :data:`GROWTH_NORM` (``ode_norm``), that growth is named as the likely cause, with the
+    flow that bounds it (:func:`growth_message`).
     """
+    norms = np.asarray(diagnostics.get("ode_norm", 0.0), np.float64).reshape(-1)
+    norms = norms[np.isfinite(norms)]
+    grown = float(norms.max()) if norms.size and norms.max() > GROWTH_NORM else None
     status = np.asarray(diagnostics.get("ode_status", OK)).reshape(-1)
     bad = np.flatnonzero(status != OK)
-    if not bad.size:
-      return None
-    msgs = failure_messages(num_positions, encoding_config.dt, encoding_config.max_steps)
-    return msgs[int(status[bad[0]]) - 1]
+    if bad.size:
+      msgs = failure_messages(num_positions, encoding_config.dt, encoding_config.max_steps)
+      msg = msgs[int(status[bad[0]]) - 1]
+      if grown is not None:
+        msg += "; before it, " + growth_message(grown, encoding_config, num_positions)
+      return msg
+    diverged = any(not np.all(np.isfinite(np.asarray(diagnostics[k])))
+                   for k in ("loss", "grad_norm") if k in diagnostics)
+    if diverged and grown is not None:
+      return "likely cause: " + growth_message(grown, encoding_config, num_positions)
+    return None
 
   def solver_kwargs(self) -> dict:
     """The options of :func:`solve` this module uses."""
     return dict(dt=self.dt, method=self.method, rtol=self.rtol, atol=self.atol,
                 max_steps=self.max_steps, adjoint=self.adjoint, rk4_substeps=self.rk4_substeps,
-                checkpoints=self.checkpoints or None, flow=self.flow,
+                checkpoints=self.checkpoints or None, flow=self.resolved_flow,
                 flow_speed=self.flow_speed, flow_decay=self.flow_decay)
 
   def report(self, train_positions: int) -> dict:

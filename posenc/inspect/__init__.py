@@ -14,7 +14,9 @@ hooks and public functions, never by the scheme's name:
 
 * ``position_similarity.png`` (``position_similarity.py``) — ``cos(p_i, p_j)`` of absolute
   position vectors: a saved 2-D ``encoding/table`` (learned, hierarchical) needs no code;
-  otherwise the scheme's ``embed`` hook on a zero input at positions ``0..N``.
+  otherwise the scheme's ``embed`` hook on a zero input at positions ``0..N``; for a scheme that
+  solves a position table from its parameters (FLOATER), also that table's rows as the model adds
+  them (and centred).
 * ``bias_vs_distance.png`` (``bias_vs_distance.py``) — each head's additive logit term against
   ``i − j`` (schemes with a ``logits`` hook: ALiBi, KERPLE, Sandwich, FIRE, T5, ...).
 * ``rotary_frequencies.png`` (``rotary_frequencies.py``) — ``θ_m`` and wavelengths (modules with
@@ -24,7 +26,8 @@ hooks and public functions, never by the scheme's name:
 * ``attention_train.png`` / ``attention_long.png`` (``attention_maps.py``) — every layer's and
   head's attention for one sample at the longest training length and at a longer one.
 
-Prints ``plot: PATH`` per file written. A plot that needs the current code (the model rebuilt
+Prints where the PNGs go (``plots: writing PNGs into DIR``), ``plot: PATH`` per file written
+(absolute paths) and a last ``plots: N PNGs in DIR`` line. A plot that needs the current code (the model rebuilt
 from ``config.json`` with ``posenc.setup.setup``, see ``context.Context``) is skipped with a
 one-line ``note:`` when the scheme's module is missing or the saved parameters do not fit it.
 Problems with the folder itself (missing, no checkpoints, missing step, damaged checkpoint)

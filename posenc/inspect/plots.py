@@ -7,6 +7,7 @@ families and ``Skip`` when it applies but cannot be drawn, and add it to :data:`
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from posenc.inspect.attention_maps import plot_attention
@@ -30,9 +31,13 @@ PLOTS: list[tuple[str, Callable[[Context], Any]]] = [
 def make_plots(ctx: Context) -> list[str]:
   """Every plot that applies; returns the paths written, printing ``plot: PATH`` for each.
 
+  First says where the PNGs go (``plots: writing PNGs into DIR``, absolute), then one line per
+  file written (absolute path), and last ``plots: N PNG(s) in DIR`` (or that none was written).
   One that cannot be made is named in a one-line ``note: skipped ...`` saying why (plots skipped
   for the same reason share the line); those of other scheme families are listed on one line.
   """
+  folder = os.path.abspath(ctx.out)
+  print(f"plots: writing PNGs into {folder}")
   written: list[str] = []
   skipped: dict[str, list[str]] = {}
   other_family: list[str] = []
@@ -49,10 +54,13 @@ def make_plots(ctx: Context) -> list[str]:
       skipped.setdefault(f"it failed ({first_line(e)})", []).append(name)
       continue
     for path in [got] if isinstance(got, str) else got:
+      path = os.path.abspath(path)
       print(f"plot: {path}")
       written.append(path)
   for reason, names in skipped.items():
     print(f"note: skipped {', '.join(names)}: {reason}")
   if other_family:
     print(f"(not for this scheme: {', '.join(other_family)})")
+  print(f"plots: {len(written)} PNG{'' if len(written) == 1 else 's'} in {folder}" if written
+        else f"plots: none written (see the notes above); {folder} is unchanged")
   return written

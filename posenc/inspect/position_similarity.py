@@ -3,7 +3,12 @@
 A saved 2-D ``encoding/table`` (learned, hierarchical) needs no code: its rows are drawn as they
 are. Otherwise (or beyond the table's rows) the scheme's ``embed`` hook is evaluated on a zero
 input at positions ``0..N-1`` with the saved parameters (sinusoidal, hierarchical beyond its
-table, recurrent, ...). Schemes whose positions act only inside attention have no such vectors.
+table, recurrent, ...). A scheme that computes a position table from its parameters alone
+(``"table"`` in its ``EVAL_CACHE``: FLOATER's ODE solve ``p(k·Δt)``) also gets that table's rows
+at positions ``0..N-1``, each row everything the model adds at that position (FLOATER: the
+q/k/v terms of every layer, or the layer-input terms), as added and centred (``p_k − mean p``:
+with Δt = 0.01 the rows share a large common part). Schemes whose positions act only inside
+attention have no such vectors.
 """
 
 from __future__ import annotations
@@ -29,10 +34,15 @@ def plot_position_similarity(ctx: Context) -> str:
     probed = _probe_embed(ctx, skip_upto=len(panels[0][0]) if panels else 0)
     if probed is not None:
       panels.append(probed)
+  except NotApplicable:
+    if not _solves_a_table(ctx):
+      raise
   except Skip as e:
     if not panels:
       raise
     print(f"note: position_similarity.png shows the saved table only: {e}")
+  if _solves_a_table(ctx):
+    panels += _solved_table(ctx)
   if not panels:
     raise NotApplicable("no absolute position vectors (no encoding/table, no embed hook)")
   try:
@@ -69,3 +79,23 @@ def _probe_embed(ctx: Context, skip_upto: int = 0):
   if np.allclose(vectors, vectors[:1]):
     raise Skip("the embed hook gives every position the same vector")
   return vectors, f"embed hook on a zero input, positions 0–{n - 1}"
+
+
+def _solves_a_table(ctx: Context) -> bool:
+  """Whether the run's scheme computes a position table from its parameters (``EVAL_CACHE``)."""
+  try:
+    enc = ctx.encoding_at(1)
+  except Skip:
+    return False
+  return "table" in getattr(type(enc), "EVAL_CACHE", ())
+
+
+def _solved_table(ctx: Context) -> list:
+  """The rows ``[N, ...]`` of the table the scheme computes (FLOATER: ``p(k·Δt)``) at positions
+  ``0..N-1``, flattened per position: as the model adds them, and centred."""
+  n = ctx.eval_positions()
+  enc = ctx.encoding_at(n)
+  rows = np.asarray(ctx.apply_encoding(enc, lambda m: m.table), np.float64)
+  what = f"solved table at positions 0–{n - 1} ({' × '.join(map(str, rows.shape[1:]))} per row)"
+  rows = rows.reshape(n, -1)
+  return [(rows, what + ", as added"), (rows - rows.mean(0), what + ", centred: p_k − mean p")]
