@@ -26,7 +26,8 @@ Writes to ``--out``:
   seeds learned in range, best / tied-best cells boxed (experiments/stats.py). Their numbers
   (mean [interval], max, learned / seeds), a per-task **best** row, the chance row and a ranking
   table with ties open ``results.md``; with ``--baselines`` (or ``"baselines": true``) also the
-  rules of experiments.baselines per task.
+  rules of experiments.baselines per task; with ``--aggregates`` (or ``"aggregates": true``) a
+  section "Published aggregates, computed their way" (:func:`aggregates_markdown`).
 * ``results_cells.csv`` — one row per form, metric, scheme row, task and range: seeds, mean,
   95% bootstrap interval, max, seeds learned / seeds, rank and best / tied mark. ``results.csv``
   carries each run's ``learned`` (and how it was decided).
@@ -57,6 +58,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from absl import app, flags
 
+from experiments import aggregates as agg
 from experiments import stats as st
 
 _OUT = flags.DEFINE_string("out", None, "Report folder (default: <first RUNS_DIR>/report).")
@@ -66,6 +68,11 @@ _BASELINES = flags.DEFINE_bool(
     "baselines", None, "With heatmaps, also score the rules of experiments.baselines (chance, "
     "position-free rules) on one point's evaluation samples per form and task and show them under "
     "each heatmap's table. Default: the first folder's collect.json, else off.")
+_AGGREGATES = flags.DEFINE_bool(
+    "aggregates", None, "With heatmaps, also compute the published aggregates their way "
+    "(experiments.aggregates: Kazemnejad et al.'s mean reciprocal rank on the decoder's greedy "
+    "exact match, the randomized-positions gain on the encoder's accuracy) in a section of "
+    "results.md. Default: the first folder's collect.json, else off.")
 _HEATMAP = flags.DEFINE_bool(
     "heatmap", None, "Also draw scheme × task heatmaps per model form (beyond-range and in-range "
     "mean over seeds, colour from chance to 1 per task; heatmaps/*.png) and put them with a "
@@ -82,7 +89,7 @@ _LEVEL_ORDER = {"R": 0, "DCF": 1, "CS": 2}
 PNG_METADATA = {"Software": None}
 # A folder collected may carry collect.json with the report's settings (flags given win).
 SETTINGS_FILE = "collect.json"
-SETTINGS = ("heatmap", "fold", "baselines")
+SETTINGS = ("heatmap", "fold", "baselines", "aggregates")
 
 
 @dataclasses.dataclass
@@ -802,10 +809,12 @@ def _seed_text(counts: Iterable[int]) -> str:
 
 
 def heatmap_markdown(maps: Sequence[Heatmap], folder: str = "heatmaps",
-                     baselines: Mapping[tuple[str, str], Mapping[str, dict]] | None = None) -> str:
+                     baselines: Mapping[tuple[str, str], Mapping[str, dict]] | None = None,
+                     aggregates: bool = False) -> str:
   """The heatmaps' section of ``results.md``: each figure, its numbers with intervals, who is
-  best or tied-best per task, a ranking table with ties, and with ``baselines`` (see
-  :func:`compute_baselines`) each rule's scores beside the schemes'."""
+  best or tied-best per task, a ranking table with ties, with ``baselines`` (see
+  :func:`compute_baselines`) each rule's scores beside the schemes', and with ``aggregates``
+  the published aggregates computed their way (:func:`aggregates_markdown`) at the end."""
   if not maps:
     return ""
   parts = ["## Heatmaps: which encoding extrapolates", "",
@@ -864,7 +873,203 @@ def heatmap_markdown(maps: Sequence[Heatmap], folder: str = "heatmaps",
     parts.append("")
     if baselines:
       parts += _baseline_table(h, baselines)
+  if aggregates:
+    parts += aggregates_markdown(maps)
   return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- published aggregates
+
+# Kazemnejad et al. (NeurIPS 2023), Figure 1 (LITERATURE.md): posenc scheme -> (their name, their
+# mean reciprocal rank over their ten tasks).
+KAZEMNEJAD_PUBLISHED = {"none": ("NoPE", 0.69), "t5": ("T5", 0.55), "alibi": ("ALiBi", 0.50),
+                        "rope": ("Rotary", 0.33), "sinusoidal": ("APE", 0.22)}
+MRR_DEFINITION = (
+    "Kazemnejad et al. rank their five encodings \"following Liang et al. (2022), the mean ranking "
+    "of models compared against each other for all tasks and scenarios\" and give no formula. "
+    "Computed here as experiments.aggregates.mean_reciprocal_rank reads it: a scenario is one task "
+    "and one seed (seed k of each scheme against seed k of the others); in each scenario the five "
+    "are ranked by greedy exact match beyond the training lengths, 1 = best, tied scores sharing "
+    "the mean of the ranks they span; a scheme's value is the mean of 1 / rank over all "
+    "scenarios (higher is better; with five schemes the values add up to about 2.28).")
+MRR_TASKS = (
+    "Tasks: those on which at least one seed of one of the five learned the task in range "
+    "(experiments.stats, as in the heatmaps: the run's criterion, else a mean greedy exact match ≥ "
+    f"{100 * st.LEARNED_THRESHOLD:g}% over the top quarter of the training lengths). On such a task "
+    "every seed of each of the five is ranked, learned or not, as the paper ranks every model it "
+    "trained. A task none of the five learned is left out: its beyond-range scores measure nothing, "
+    "and their ties (all at 0) would only pull every value towards 1/3. Seeds: those all five "
+    "have on the task (by seed number).")
+
+
+@dataclasses.dataclass
+class RankResult:
+  """Kazemnejad et al.'s mean reciprocal rank over one heatmap (:func:`kazemnejad_mrr`)."""
+
+  missing: list[str]  # of the five, those without a row (nothing is ranked then)
+  tasks: list[str]  # the tasks ranked on, in the heatmap's order
+  seeds: dict[str, int]  # ranked task -> seeds ranked on it
+  left_out: dict[str, str]  # task -> why it was left out
+  mrr: dict[str, float]  # scheme -> mean reciprocal rank (empty where nothing was ranked)
+  per_task: dict[str, dict[str, float]]  # task -> scheme -> mean reciprocal rank on that task
+
+  @property
+  def scenarios(self) -> int:
+    return sum(self.seeds.values())
+
+
+def kazemnejad_mrr(h: Heatmap) -> RankResult:
+  """The mean reciprocal rank of Kazemnejad et al.'s five (experiments.aggregates) over the
+  beyond-range values of heatmap ``h`` (the decoder's greedy exact match), per seed.
+
+  The five are the rows named by the scheme alone (default settings). A task is ranked on where
+  all five have a value for some common seed and at least one seed of one of them learned it in
+  range (:data:`MRR_TASKS`); the others are in ``left_out`` with the reason.
+  """
+  five = list(agg.KAZEMNEJAD_SCHEMES)
+  missing = [s for s in five if s not in h.rows]
+  result = RankResult(missing, [], {}, {}, {}, {})
+  if missing:
+    return result
+  scores: dict[str, dict[str, list[float]]] = {s: {} for s in five}
+  for j, task in enumerate(h.tasks):
+    cells = {s: h.beyond_cells[h.rows.index(s)][j] for s in five}
+    lacking = [s for s, c in cells.items() if c is None or not c.values]
+    if lacking:
+      result.left_out[task] = "no run of " + ", ".join(lacking)
+      continue
+    common = sorted(set.intersection(*(set(c.values) for c in cells.values())))
+    if not common:
+      result.left_out[task] = "no seed that all five ran"
+      continue
+    if not any(c.n_learned for c in cells.values()):
+      result.left_out[task] = "none of the five learned it in range"
+      continue
+    for s, c in cells.items():
+      scores[s][task] = [c.values[k] for k in common]
+    result.tasks.append(task)
+    result.seeds[task] = len(common)
+    result.per_task[task] = agg.mean_reciprocal_rank({s: {task: scores[s][task]} for s in five},
+                                                     five)
+  if result.tasks:
+    result.mrr = agg.mean_reciprocal_rank(scores, five)
+  return result
+
+
+def _plain_row(row: str) -> str | None:
+  """The row name of ``row``'s runs with contiguous positions, if ``row`` names randomized
+  positions (``rope [randomized]`` -> ``rope``, ``rope [randomized, smoke]`` -> ``rope [smoke]``);
+  else None."""
+  if not row.endswith("]") or " [" not in row:
+    return None
+  scheme, inside = row[:-1].split(" [", 1)
+  settings = inside.split(", ")
+  if "randomized" not in settings:
+    return None
+  rest = [t for t in settings if t != "randomized"]
+  return scheme + (f" [{', '.join(rest)}]" if rest else "")
+
+
+def randomized_gains(h: Heatmap) -> dict[str, dict]:
+  """Per row of heatmap ``h`` (the encoder's accuracy) that has a randomized-positions twin
+  (the same row name with ``randomized`` among its settings: ``rope`` and ``rope [randomized]``):
+  experiments.aggregates.randomized_gain over the tasks where both have beyond-range values
+  (each task's per-seed values, averaged there), plus ``left_out`` (tasks only one of the two
+  rows has). Keyed by the plain row, in row order."""
+  twins = {_plain_row(r): r for r in h.rows if _plain_row(r) in h.rows}
+  out = {}
+  for i, row in enumerate(h.rows):
+    if row not in twins:
+      continue
+    k = h.rows.index(twins[row])
+    plain, randomized, left_out = {}, {}, []
+    for j, task in enumerate(h.tasks):
+      a, b = h.beyond_cells[i][j], h.beyond_cells[k][j]
+      if a is not None and b is not None and a.values and b.values:
+        plain[task], randomized[task] = list(a.values.values()), list(b.values.values())
+      elif (a is not None and a.values) or (b is not None and b.values):
+        left_out.append(task)
+    if plain:
+      out[row] = {**agg.randomized_gain(plain, randomized), "left_out": left_out}
+  return out
+
+
+def _signed(v: float, digits: int = 1) -> str:
+  """``+1.2`` / ``-1.2``; a value that rounds to zero is ``0.0`` (never ``-0.0``)."""
+  text = f"{v:+.{digits}f}"
+  return f"{0.0:.{digits}f}" if float(text) == 0 else text
+
+
+def _rel(v: float | None) -> str:
+  return "–" if v is None else _signed(100 * v) + "%"
+
+
+def aggregates_markdown(maps: Sequence[Heatmap]) -> list[str]:
+  """The "Published aggregates, computed their way" section of ``results.md``: Kazemnejad et
+  al.'s mean reciprocal rank over the decoder's greedy exact match (:func:`kazemnejad_mrr`)
+  beside their Figure 1, and the randomized-positions gain over the encoder's accuracy
+  (:func:`randomized_gains`), with their definitions."""
+  by_key = {(h.form, h.metric): h for h in maps}
+  parts = ["## Published aggregates, computed their way", "",
+           "The papers' own aggregates over these runs (experiments.aggregates), as far as their "
+           "text defines them. The protocols differ from the papers' (model size, tasks, lengths, "
+           "seeds): set an ordering beside theirs, not a number.", "",
+           "### Kazemnejad et al.: mean reciprocal rank (decoder, greedy exact match)", "",
+           MRR_DEFINITION, "", MRR_TASKS, ""]
+  dec = by_key.get(("decoder", "exact_match"))
+  mrr = kazemnejad_mrr(dec) if dec is not None else None
+  if dec is None:
+    parts += ["Not computed: no decoder runs with greedy exact match.", ""]
+  elif mrr.missing:
+    parts += [f"Not computed: no decoder row of {', '.join(mrr.missing)} (the five are ranked "
+              "against each other; a row named by its scheme alone counts).", ""]
+  elif not mrr.tasks:
+    left = "; ".join(f"{t} ({why})" for t, why in mrr.left_out.items())
+    parts += [f"Not computed: no task to rank on; left out: {left or 'no task ran'}.", ""]
+  else:
+    left = "; ".join(f"{t} ({why})" for t, why in mrr.left_out.items()) or "none"
+    counts = sorted(set(mrr.seeds.values()))
+    seeds = (f"{_count(counts[0], 'seed')} each" if len(counts) == 1
+             else "seeds " + ", ".join(f"{t} {n}" for t, n in mrr.seeds.items()))
+    parts += [f"Ranked on {_count(len(mrr.tasks), 'task')} ({', '.join(mrr.tasks)}) × {seeds} "
+              f"= {_count(mrr.scenarios, 'scenario')}; left out: {left}.", "",
+              "| scheme | Kazemnejad et al. (Figure 1, ten tasks) | here | "
+              + " | ".join(mrr.tasks) + " |", "|---|---|---|" + "---|" * len(mrr.tasks)]
+    for s in agg.KAZEMNEJAD_SCHEMES:
+      name, published = KAZEMNEJAD_PUBLISHED[s]
+      parts.append(f"| {s} ({name}) | {published:.2f} | {mrr.mrr[s]:.3f} | "
+                   + " | ".join(f"{mrr.per_task[t][s]:.3f}" for t in mrr.tasks) + " |")
+    parts.append("")
+
+  parts += ["### Ruoss et al.: what randomized positions add (encoder, accuracy)", ""]
+  enc = by_key.get(("encoder", "accuracy"))
+  gains = randomized_gains(enc) if enc is not None else {}
+  if not gains:
+    parts += ["Not computed: no encoder scheme has both a plain and a `[randomized]` row.", ""]
+  else:
+    tasks = [t for t in enc.tasks if any(t in g["per_task"] for g in gains.values())]
+    definition = next(iter(gains.values()))["definition"]
+    parts += ["Per scheme with a plain (contiguous positions) and a `[randomized]` row, the "
+              "beyond-range accuracy of each, the mean over all its seeds (learned or not, as in "
+              "the heatmap); per task randomized − plain in points (plain → randomized, %). "
+              f"Definition (experiments.aggregates.randomized_gain): {definition}", "",
+              "Ruoss et al.'s abstract reports that randomized positions increase test accuracy "
+              "\"by 12.0% on average\"; how that number is aggregated (absolute points or relative, "
+              "over which tasks, schemes, seeds and learning rates, maxima or means) is not known "
+              "(LITERATURE.md), so no number here is compared with it.", "",
+              "| scheme | " + " | ".join(tasks) + " | absolute_points | relative "
+              "| relative_of_means | left out |", "|---|" + "---|" * (len(tasks) + 4)]
+    for row, g in gains.items():
+      cells = []
+      for t in tasks:
+        v = g["per_task"].get(t)
+        cells.append("" if v is None else f"{_signed(v['absolute_points'])} "
+                     f"({_cell_pct(v['plain'])} → {_cell_pct(v['randomized'])})")
+      parts.append(f"| {row} | " + " | ".join(cells)
+                   + f" | {_signed(g['absolute_points'])} | {_rel(g['relative'])} | "
+                   f"{_rel(g['relative_of_means'])} | {', '.join(g['left_out']) or '–'} |")
+    parts.append("")
+  return parts
 
 
 def _baseline_score(result: Mapping[str, Any], metric: str, which: str) -> float | None:
@@ -1006,14 +1211,17 @@ def _remove_stale(folder: str, keep: Iterable[str]) -> None:
 
 
 def collect(dirs: Sequence[str], out_dir: str, fold: Sequence[str] = (), log=print,
-            heatmap: bool = False, baselines: bool | Callable[[str], dict] = False) -> list[Run]:
+            heatmap: bool = False, baselines: bool | Callable[[str], dict] = False,
+            aggregates: bool = False) -> list[Run]:
   """Reads every run under ``dirs`` and writes the CSVs, ``results.md`` and plots to ``out_dir``.
 
   With ``heatmap``, also ``heatmaps/<form>_<metric>.png`` and their section at the top of
   ``results.md``. PNGs in ``plots/`` and ``heatmaps/`` that this collect did not write (a task
   no longer present) are deleted, so the report is a function of the runs alone. With
   ``heatmap`` and ``baselines`` (True: experiments.baselines; or a function of a config.json
-  path, :func:`compute_baselines`), each heatmap's section gains its baseline rules' scores.
+  path, :func:`compute_baselines`), each heatmap's section gains its baseline rules' scores;
+  with ``heatmap`` and ``aggregates``, the section ends with the published aggregates computed
+  their way (:func:`aggregates_markdown`).
   """
   runs = label_runs(find_runs(dirs, log=log), fold, log=log)
   os.makedirs(out_dir, exist_ok=True)
@@ -1024,7 +1232,7 @@ def collect(dirs: Sequence[str], out_dir: str, fold: Sequence[str] = (), log=pri
   rules = None
   if heatmap and baselines and runs:
     rules = compute_baselines(runs, None if baselines is True else baselines, log=log)
-  text = report_text(runs, heatmap, rules)
+  text = report_text(runs, heatmap, rules, aggregates)
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(text)
   written = plot(runs, out_dir) if runs else []
@@ -1035,20 +1243,22 @@ def collect(dirs: Sequence[str], out_dir: str, fold: Sequence[str] = (), log=pri
 
 
 def report_text(runs: list[Run], heatmap: bool = False,
-                baselines: Mapping[tuple[str, str], Mapping[str, dict]] | None = None) -> str:
+                baselines: Mapping[tuple[str, str], Mapping[str, dict]] | None = None,
+                aggregates: bool = False) -> str:
   """``results.md``: the tables of :func:`markdown`, after the heatmaps' section with ``heatmap``
-  (with ``baselines``' rules under each heatmap's tables)."""
+  (with ``baselines``' rules under each heatmap's tables, and with ``aggregates`` the published
+  aggregates at its end)."""
   if not heatmap or not runs:
     return markdown(runs)
-  return (heatmap_markdown(heatmaps(runs), baselines=baselines) + "\n## Every run\n\n"
-          + markdown(runs))
+  return (heatmap_markdown(heatmaps(runs), baselines=baselines, aggregates=aggregates)
+          + "\n## Every run\n\n" + markdown(runs))
 
 
 def read_settings(folder: str) -> dict[str, Any]:
   """``<folder>/collect.json``: report settings kept with the runs (``{}`` without the file).
 
-  Keys: ``heatmap`` (bool), ``baselines`` (bool) and ``fold`` (a list of config keys), the
-  flags of the same names;
+  Keys: ``heatmap`` (bool), ``baselines`` (bool), ``aggregates`` (bool) and ``fold`` (a list
+  of config keys), the flags of the same names;
   a flag given on the command line wins. ``experiments/atlas/collect.json`` turns heatmaps on,
   so ``python -m experiments.collect experiments/atlas`` rebuilds the atlas's report as
   committed.
@@ -1066,7 +1276,7 @@ def read_settings(folder: str) -> dict[str, Any]:
   unknown = sorted(set(data) - set(SETTINGS))
   if unknown:
     raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
-  for key in ("heatmap", "baselines"):
+  for key in ("heatmap", "baselines", "aggregates"):
     if not isinstance(data.get(key, False), bool):
       raise ValueError(f"{path}: {key} must be true or false, got {data[key]!r}")
   fold = data.get("fold", [])
@@ -1087,7 +1297,10 @@ def main(argv):
     fold = _FOLD.value if flags.FLAGS["fold"].present else settings.get("fold", [])
     baselines = (_BASELINES.value if _BASELINES.value is not None
                  else settings.get("baselines", False))
-    runs = collect(dirs, out_dir, fold, heatmap=heatmap, baselines=baselines)
+    aggregates = (_AGGREGATES.value if _AGGREGATES.value is not None
+                  else settings.get("aggregates", False))
+    runs = collect(dirs, out_dir, fold, heatmap=heatmap, baselines=baselines,
+                   aggregates=aggregates)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

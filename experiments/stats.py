@@ -35,10 +35,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from posenc.ranges import top_lengths
+
 RESAMPLES = 10_000
 LEVEL = 0.95
 BOOTSTRAP_SEED = 20_240_501  # any fixed value: the intervals depend on it and on the values only
 LEARNED_THRESHOLD = 0.95  # in-range score (top quarter of the training lengths) that counts as learned
+TOP_FRACTION = 0.25  # "top quarter": posenc's default criterion.top_fraction
 MIN_PAIRED_SEEDS = 4  # n^(1-n) < (1 - LEVEL) / 2 first holds at n = 4
 CHANCE_MARGIN = 0.1  # "clearly above chance": lower end ≥ chance + 0.1 × (1 − chance)
 
@@ -47,13 +50,15 @@ CHANCE_MARGIN = 0.1  # "clearly above chance": lower end ≥ chance + 0.1 × (1 
 
 
 def top_quarter(train_range: Sequence[int]) -> tuple[int, int]:
-  """The top quarter of the training lengths ``[lo, hi]``: ``[hi − k + 1, hi]`` with
-  ``k = max(1, (hi − lo + 1) // 4)`` (at least one length). E.g. 1–12 → 10–12, 1–3 → 3–3."""
+  """The top quarter of the training lengths ``[lo, hi]`` as ``(first, last)``: the lengths a
+  run's criterion checks with its default ``top_fraction`` 0.25, by the same rule
+  (:func:`posenc.ranges.top_lengths`: the last ``k = max(1, ceil(n / 4))`` of the ``n``
+  lengths). E.g. 1–12 → 10–12, 1–5 → 4–5, 1–3 → 3–3."""
   lo, hi = (int(x) for x in train_range)
   if hi < lo:
     raise ValueError(f"training range {lo}–{hi} is empty")
-  k = max(1, (hi - lo + 1) // 4)
-  return hi - k + 1, hi
+  top = top_lengths(lo, hi, TOP_FRACTION)
+  return top[0], top[-1]
 
 
 def learned_from_lengths(per_length: Mapping[int, float] | None, train_range: Sequence[int],

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Callable
 
@@ -48,6 +47,7 @@ import numpy as np
 
 from posenc import reporting
 from posenc.errors import ConfigError
+from posenc.ranges import top_lengths
 
 METRICS = ("auto", "accuracy", "exact_match")
 HELD_OUT = 0x5EED_C0DE  # folded into the evaluation key: the held-out set's own stream
@@ -95,11 +95,10 @@ def metric(config: ml_collections.ConfigDict) -> str:
 
 
 def lengths(config: ml_collections.ConfigDict) -> list[int]:
-  """The lengths a check scores: the longest ``top_fraction`` of the training lengths."""
+  """The lengths a check scores: the longest ``top_fraction`` of the training lengths
+  (:func:`posenc.ranges.top_lengths`, the rule experiments.stats uses too)."""
   t = config.task
-  train = list(range(t.train_min_length, t.train_max_length + 1))
-  k = max(1, math.ceil(len(train) * config.criterion.top_fraction - 1e-9))
-  return train[-k:]
+  return top_lengths(t.train_min_length, t.train_max_length, config.criterion.top_fraction)
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from experiments import aggregates as aggregates_lib
 from experiments import collect, store, sweeping
 from posenc import encodings, tasks, train, workdir_lock
 
@@ -618,3 +619,123 @@ def test_baselines_join_each_heatmap_when_asked(tmp_path):
   (tmp_path / "runs" / "collect.json").write_text('{"baselines": "yes"}')
   with pytest.raises(ValueError, match="baselines must be true or false"):
     collect.read_settings(str(tmp_path / "runs"))
+
+
+# ----------------------------------------------------------------------------- published aggregates
+
+# Decoder (scheme, task) -> per seed (in-range, beyond-range) greedy exact match; training lengths
+# 1-3, a seed learned where its in-range exact match is >= 0.95. copy: all learned, no ties;
+# sorting: only rope's seed 0 learned, the rest tie at 0; addition: none of the five learned (left
+# out); reverse_string: sinusoidal never ran (left out); fire is not one of the five.
+AGG_DEC = {
+    ("none", "copy"): [(1.0, 0.9), (1.0, 0.8)], ("t5", "copy"): [(1.0, 0.7), (1.0, 0.9)],
+    ("alibi", "copy"): [(1.0, 0.5), (1.0, 0.1)], ("rope", "copy"): [(1.0, 0.3), (1.0, 0.2)],
+    ("sinusoidal", "copy"): [(1.0, 0.1), (1.0, 0.3)], ("fire", "copy"): [(1.0, 1.0), (1.0, 1.0)],
+    **{(s, "sorting"): [(0.5, 0.0), (0.5, 0.0)] for s in ("none", "t5", "alibi", "sinusoidal")},
+    ("rope", "sorting"): [(1.0, 0.4), (0.5, 0.0)],
+    **{(s, "addition"): [(0.5, 0.2), (0.5, 0.0)] for s in ("none", "t5", "alibi", "rope",
+                                                           "sinusoidal")},
+    **{(s, "reverse_string"): [(1.0, 0.5), (1.0, 0.5)] for s in ("none", "t5", "alibi", "rope")},
+}
+# Encoder (row, task) -> per seed beyond-range accuracy (all learned in range). rope: +20 points
+# on parity_check (55 -> 75), -10 on bucket_sort (40 -> 30); alibi: plain 0 on parity_check (no
+# relative gain), bucket_sort randomized only (left out); t5 has no randomized row.
+AGG_ENC = {("rope", "parity_check"): [0.5, 0.6], ("rope [randomized]", "parity_check"): [0.7, 0.8],
+           ("rope", "bucket_sort"): [0.4, 0.4], ("rope [randomized]", "bucket_sort"): [0.3, 0.3],
+           ("alibi", "parity_check"): [0.0, 0.0],
+           ("alibi [randomized]", "parity_check"): [0.5, 0.5],
+           ("alibi [randomized]", "bucket_sort"): [0.9, 0.9], ("t5", "parity_check"): [0.6, 0.7]}
+
+
+def _make_aggregate_runs(root):
+  for (scheme, task), seeds in AGG_DEC.items():
+    for seed, (i, o) in enumerate(seeds):
+      _run(root, f"{scheme}-{task}-causalTrue-seed{seed}", scheme, task, seed, i, o,
+           mode="decoder", greedy=(i, o))
+  for (row, task), seeds in AGG_ENC.items():
+    scheme, kind = row.split()[0], "randomized" if "[" in row else "contiguous"
+    for seed, o in enumerate(seeds):
+      _run(root, f"{scheme}-{task}-{kind}-seed{seed}", scheme, task, seed, 1.0, o, kind=kind)
+
+
+def test_published_aggregates_their_way_on_hand_made_runs(tmp_path):
+  _make_aggregate_runs(str(tmp_path / "runs"))
+  runs = collect.label_runs(collect.find_runs([str(tmp_path / "runs")]), log=lambda *_: None)
+  maps = {(h.form, h.metric): h for h in collect.heatmaps(runs)}
+
+  mrr = collect.kazemnejad_mrr(maps[("decoder", "exact_match")])
+  assert mrr.missing == [] and mrr.tasks == ["copy", "sorting"] and mrr.seeds == {"copy": 2,
+                                                                                 "sorting": 2}
+  assert mrr.left_out == {"reverse_string": "no run of sinusoidal",
+                          "addition": "none of the five learned it in range"}
+  # copy, seed 0: none, t5, alibi, rope, sinusoidal = ranks 1..5; seed 1: t5, none, sinusoidal,
+  # rope, alibi. sorting, seed 0: rope 1, the other four tied over 2-5 (3.5); seed 1: all tied (3).
+  tied = (1 / 3.5 + 1 / 3) / 2
+  per_task = {"copy": {"none": 0.75, "t5": 0.75, "alibi": (1 / 3 + 1 / 5) / 2, "rope": 0.25,
+                       "sinusoidal": (1 / 5 + 1 / 3) / 2},
+              "sorting": {"none": tied, "t5": tied, "alibi": tied, "rope": (1 + 1 / 3) / 2,
+                          "sinusoidal": tied}}
+  for task, expected in per_task.items():
+    assert mrr.per_task[task] == pytest.approx(expected)
+  assert mrr.mrr == pytest.approx({s: (per_task["copy"][s] + per_task["sorting"][s]) / 2
+                                   for s in per_task["copy"]})
+  assert mrr.mrr["none"] == pytest.approx(0.529762, abs=1e-6)  # (0.75 + 0.309524) / 2
+
+  gains = collect.randomized_gains(maps[("encoder", "accuracy")])
+  assert list(gains) == ["alibi", "rope"]  # t5 has no randomized row
+  rope = gains["rope"]
+  assert rope["absolute_points"] == pytest.approx(5.0) and rope["left_out"] == []
+  assert rope["relative"] == pytest.approx((0.2 / 0.55 - 0.25) / 2)
+  assert rope["relative_of_means"] == pytest.approx(0.05 / 0.475)
+  assert gains["alibi"]["left_out"] == ["bucket_sort"]
+  assert gains["alibi"]["relative"] is None and gains["alibi"]["absolute_points"] == pytest.approx(50)
+
+  md = collect.heatmap_markdown(list(maps.values()), aggregates=True)
+  section = md.split("## Published aggregates, computed their way")[1]
+  kaz = section.split("### Kazemnejad et al.")[1].split("###")[0]
+  assert "Liang et al. (2022)" in kaz and "1 / rank" in kaz
+  assert ("Ranked on 2 tasks (copy, sorting) × 2 seeds each = 4 scenarios; left out: "
+          "reverse_string (no run of sinusoidal); addition (none of the five learned it in "
+          "range).") in kaz
+  assert "| none (NoPE) | 0.69 | 0.530 | 0.750 | 0.310 |" in kaz
+  assert "| rope (Rotary) | 0.33 | 0.458 | 0.250 | 0.667 |" in kaz
+  assert "| sinusoidal (APE) | 0.22 | 0.288 | 0.267 | 0.310 |" in kaz
+  assert "fire" not in kaz
+  ruoss = section.split("### Ruoss et al.")[1]
+  assert "12.0% on average" in ruoss and "not known" in ruoss and "relative_of_means" in ruoss
+  assert ("| scheme | parity_check | bucket_sort | absolute_points | relative | relative_of_means "
+          "| left out |") in ruoss
+  assert ("| rope | +20.0 (55.0 → 75.0) | -10.0 (40.0 → 30.0) | +5.0 | +5.7% | +10.5% | – |"
+          in ruoss)
+  assert "| alibi | +50.0 (0.0 → 50.0) |  | +50.0 | – | – | bucket_sort |" in ruoss
+  assert collect._signed(-1e-17) == "0.0" and collect._signed(-0.06) == "-0.1"
+  assert "Published aggregates" not in collect.heatmap_markdown(list(maps.values()))  # off
+
+  # The five incomplete (the heatmap tests' runs: decoders none and rope only): said, not ranked.
+  _make_runs(str(tmp_path / "few"))
+  few = collect.label_runs(collect.find_runs([str(tmp_path / "few")]), log=lambda *_: None)
+  text = collect.heatmap_markdown(collect.heatmaps(few), aggregates=True)
+  assert "Not computed: no decoder row of t5, alibi, sinusoidal" in text
+  # Nobody learned: no task to rank on, each named with its reason.
+  unlearned = {(s, "copy"): [(0.5, 0.0)] for s in aggregates_lib.KAZEMNEJAD_SCHEMES}
+  for (scheme, task), seeds in unlearned.items():
+    _run(str(tmp_path / "none_learned"), f"{scheme}-{task}", scheme, task, 0, 0.5, 0.0,
+         mode="decoder", greedy=seeds[0])
+  none_learned = collect.label_runs(collect.find_runs([str(tmp_path / "none_learned")]),
+                                    log=lambda *_: None)
+  nothing = collect.heatmap_markdown(collect.heatmaps(none_learned), aggregates=True)
+  assert ("Not computed: no task to rank on; left out: copy (none of the five learned it in "
+          "range).") in nothing
+  assert "Not computed: no encoder scheme has both a plain and a `[randomized]` row." in nothing
+  assert "| rope | +12.0 (53.0 → 65.0) | +1.0 (94.0 → 95.0) |" in text
+
+  # Switched by collect.json's "aggregates" (or --aggregates), like the baselines.
+  root = tmp_path / "runs"
+  (root / "collect.json").write_text('{"heatmap": true, "aggregates": true}')
+  settings = collect.read_settings(str(root))
+  collect.collect([str(root)], str(tmp_path / "report"), log=lambda *_: None, **settings)
+  report = (tmp_path / "report" / "results.md").read_text()
+  assert report.index("## Published aggregates") < report.index("## Every run")
+  (root / "collect.json").write_text('{"aggregates": 1}')
+  with pytest.raises(ValueError, match="aggregates must be true or false"):
+    collect.read_settings(str(root))

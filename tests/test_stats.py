@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from experiments import stats
+from posenc import ranges
 
 
 def _cell(values, learned=True):
@@ -66,8 +71,32 @@ def test_top_quarter_of_the_training_lengths():
   assert stats.top_quarter([1, 3]) == (3, 3)  # at least one length
   assert stats.top_quarter([1, 40]) == (31, 40)
   assert stats.top_quarter([5, 5]) == (5, 5)
+  # n not a multiple of 4: a quarter rounds up, as the criterion's check does (k = ceil(n/4))
+  assert stats.top_quarter([1, 5]) == (4, 5)
+  assert stats.top_quarter([1, 14]) == (11, 14)
   with pytest.raises(ValueError, match="empty"):
     stats.top_quarter([4, 3])
+
+
+def test_top_quarter_is_the_criterions_rule_and_stats_imports_no_jax():
+  """stats and posenc.criterion share posenc.ranges.top_lengths; stats stays JAX-free."""
+  for lo in (1, 2, 7):
+    for hi in range(lo, lo + 45):
+      top = ranges.top_lengths(lo, hi)  # the criterion's default top_fraction 0.25
+      assert stats.top_quarter([lo, hi]) == (top[0], top[-1])
+      n, k = hi - lo + 1, len(top)
+      assert top == list(range(hi - k + 1, hi + 1)) and k == max(1, -(-n // 4))
+  assert ranges.top_lengths(1, 12, 1.0) == list(range(1, 13))
+  assert ranges.top_lengths(1, 12, 0.01) == [12]
+  assert len(ranges.top_lengths(1, 25, 0.28)) == 7  # 25 × 0.28 = 7.000000000000001 -> 7, not 8
+  with pytest.raises(ValueError, match="fraction"):
+    ranges.top_lengths(1, 4, 0.0)
+  code = ("import sys, experiments.stats, posenc.ranges; "
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "[]"
 
 
 def test_point_learned_from_criterion_greedy_or_accuracy():
