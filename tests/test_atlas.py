@@ -43,11 +43,16 @@ def test_atlas_points_cover_every_scheme_both_forms_and_randomized_positions():
   dec = [p for p in pts if p.get("model.causal")]
   rand = [p for p in enc if p.get("positions.kind") == "randomized"]
   seeds = config.sweep.seeds
-  assert seeds >= 2
+  assert config.num_seeds >= 5  # each point: at least 5 seeds in one program
   assert len(enc) == (len(_valid("encoder")) + len(m.RANDOMIZED)) * len(m.ENCODER_TASKS) * seeds
   assert len(dec) == len(_valid("decoder")) * len(m.DECODER_TASKS) * seeds
   assert {p["scheme"] for p in dec} == set(_valid("decoder")) and "none" in {p["scheme"] for p in dec}
-  assert {p["scheme"] for p in rand} == {"sinusoidal", "rope", "alibi", "t5"}
+  # Ruoss et al.'s randomized set: sin/cos, relative (Transformer-XL), ALiBi, RoPE, learned
+  assert {p["scheme"] for p in rand} == {"sinusoidal", "transformer_xl", "alibi", "rope", "learned"}
+  # learned first: every point trains to the in-range criterion; one evaluation set per task
+  assert config.criterion.every > 0 and config.eval.seed >= 0
+  assert config.eval.max_length >= 4 * config.task.train_max_length
+  assert config.eval.samples_per_length >= 256
   assert all(p["eval.greedy"] and p["model.pre_ln"] for p in dec)
   levels = [tasks.registry()[t].level for t in m.ENCODER_TASKS]
   assert all(levels.count(level) >= 2 for level in ("R", "DCF", "CS"))
@@ -91,7 +96,7 @@ def test_every_committed_atlas_point_is_a_finished_point_of_the_atlas_sweep():
     pytest.skip(f"git ls-files unavailable: {listed.stderr.strip()}")
   committed = sorted({p.split("/")[2] for p in listed.stdout.split()
                       if p.count("/") == 3 and p.endswith("/results.json")})
-  assert len(committed) >= 6
+  assert len(committed) >= 1  # atlas v2 fills over several sittings; committed points stay done
   m = _module()
   config = m.get_config()
   config.workdir = ATLAS_DIR  # the root is no part of a point's config hash
@@ -452,7 +457,7 @@ def test_atlas_sweep_config_prunes_and_its_folder_keeps_only_small_files():
   m = _module()
   assert m.get_config().sweep.prune_finished and m.get_config().workdir == "experiments/atlas"
   with open(os.path.join(ATLAS_DIR, "collect.json")) as f:
-    assert json.load(f) == {"heatmap": True}
+    assert json.load(f) == {"aggregates": True, "heatmap": True}
   point = "experiments/atlas/rope-parity_check-seed0"
   kept = [f"{point}/results.json", f"{point}/config.json", f"{point}/DONE",
           "experiments/atlas/report/results.md", "experiments/atlas/report/results.csv",
