@@ -42,13 +42,17 @@ def _plain(value):
 class MetricsWriter:
   """Appends one JSON object per logged step to ``metrics.jsonl`` (+ TensorBoard events)."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0,
+               tensorboard: bool = True):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if not enabled:
       return
+    os.makedirs(workdir, exist_ok=True)
     self._truncate_after(resume_step)
+    if not tensorboard:
+      return
     try:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))

@@ -383,6 +383,11 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
     run_check(state, start)  # the check at the resume step (the run may have stopped there)
   learned_stop = stop_early and tracker.all_learned
   writer = reporting.MetricsWriter(s.workdir, enabled=jax.process_index() == 0, resume_step=start)
+  # with several seeds, each seed's own curve too (seeds/seed<k>/metrics.jsonl)
+  seed_writers = [reporting.MetricsWriter(os.path.join(s.workdir, "seeds", f"seed{config.seed + k}"),
+                                          enabled=jax.process_index() == 0, resume_step=start,
+                                          tensorboard=False)
+                  for k in range(config.num_seeds if config.num_seeds > 1 else 0)]
   progress = reporting.Progress(total, start)
   mesh = data_mesh(config)
   if mesh.size > 1:  # parameters and optimizer state replicated; the batch is split in the step
@@ -424,6 +429,12 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
         if checked is not None:
           summary["criterion"] = tracker.rows[-1]["scores"]
         writer.write(step, summary)
+        for k, w in enumerate(seed_writers):  # metrics are [steps, seeds]
+          row = {name: float(np.mean(np.asarray(v)[:, k])) for name, v in stacked.items()
+                 if name != "length" and np.ndim(v) == 2}
+          if checked is not None:
+            row["criterion"] = tracker.rows[-1]["scores"][k]
+          w.write(step, row)
         if step % config.train.log_every == 0 or step == total or learned_stop:
           shown = ("loss", "accuracy", "grad_norm", "ode_steps")  # ode_steps: FLOATER's solver
           line = {k: summary[k] for k in shown if k in summary}
@@ -444,6 +455,8 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
     raise TrainingDiverged(f"training failed {where}: {msg}; {kept()}") from None
   finally:
     writer.close()
+    for w in seed_writers:
+      w.close()
   state = criterion_lib.put_seeds(state, frozen)
   if tracker is not None:
     learned = sum(t is not None for t in tracker.learned_at)
