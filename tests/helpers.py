@@ -38,3 +38,17 @@ def check_smoke_results(results: dict) -> None:
   assert sorted(int(k) for k in results["per_length"]) == list(range(lo, hi + 1))
   assert all(0.0 <= v <= 1.0 for v in results["per_length"].values() if not math.isnan(v))
   assert results["in_range_score"] is not None and 0.0 <= results["in_range_score"] <= 1.0
+
+
+def warm_start_further(tmp_path, scheme: str, source: str, max_length: int, **overrides: Any) -> dict:
+  """Re-evaluates the trained run ``source`` out to ``max_length`` (a warm start with no
+  training step); checks that every parameter loaded; returns its results."""
+  c = config(scheme, **overrides, **{"init.from_workdir": source, "train.steps": 0,
+                                     "eval.max_length": max_length})
+  c.workdir = str(tmp_path / "warm")
+  logs = []
+  warm = train.train_and_evaluate(c, log=logs.append)
+  started = [line for line in logs if line.startswith("warm start:")]
+  assert started and " 0 fresh" in started[0], logs
+  check_smoke_results(warm)
+  return warm

@@ -170,12 +170,5 @@ def test_smoke_run(tmp_path, causal):
   if causal:
     return
   # Warm start: evaluate the trained run further out; every parameter loads.
-  c = helpers.config("multiplicative", **overrides, **{
-      "init.from_workdir": source, "train.steps": 0, "eval.max_length": 12})
-  c.workdir = str(tmp_path / "warm")
-  logs = []
-  warm = train.train_and_evaluate(c, log=logs.append)
-  started = [line for line in logs if line.startswith("warm start:")]
-  assert started and " 0 fresh" in started[0], logs
-  helpers.check_smoke_results(warm)
+  warm = helpers.warm_start_further(tmp_path, "multiplicative", source, 12, **overrides)
   assert warm["eval_range"] == [1, 12] and warm["encoding_report"]["trained_rows"] == 12.0

@@ -181,14 +181,7 @@ def test_smoke_encoder_reports_its_table_and_warm_starts(tmp_path):
   table = train.load_params(source)[0]["encoding"]["pos"]
   assert table.shape == (12, helpers.config("tupe").model.d_model)
   # Warm start: evaluate the trained run further out; every parameter loads.
-  c = helpers.config("tupe", **{"init.from_workdir": source, "train.steps": 0,
-                                "eval.max_length": 12})
-  c.workdir = str(tmp_path / "warm")
-  logs = []
-  warm = train.train_and_evaluate(c, log=logs.append)
-  started = [line for line in logs if line.startswith("warm start:")]
-  assert started and " 0 fresh" in started[0], logs
-  helpers.check_smoke_results(warm)
+  warm = helpers.warm_start_further(tmp_path, "tupe", source, 12)
   assert warm["eval_range"] == [1, 12] and warm["encoding_report"]["trained_rows"] == 12.0
 
 
