@@ -379,8 +379,9 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
     shown = ", ".join(f"{v:.3f}" for v in scores)
     return shown
 
-  if tracker and start > 0 and start % every == 0 and start < total:
-    run_check(state, start)  # the check at the resume step (the run may have stopped there)
+  if tracker and start > 0 and start % every == 0:
+    # the check at the resume step (the run may have stopped there, or ended at the cap)
+    run_check(state, start)
   learned_stop = stop_early and tracker.all_learned
   writer = reporting.MetricsWriter(s.workdir, enabled=jax.process_index() == 0, resume_step=start)
   # with several seeds, each seed's own curve too (seeds/seed<k>/metrics.jsonl)

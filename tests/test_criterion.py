@@ -101,6 +101,11 @@ def test_never_reached_equals_a_run_without_the_criterion_bit_for_bit(tmp_path, 
   _assert_same(_params(wd), _params(wd0))
   with open(os.path.join(wd, criterion.LOG_FILE)) as f:
     assert [json.loads(line)["step"] for line in f] == [4, 8, 12, 16]
+  # killed after training, before its results: the check at the cap is read again
+  for name in ("results.json", "DONE"):
+    os.remove(os.path.join(wd, name))
+  again, _ = _run(tmp_path, "unreached", **{"criterion.every": 4, "criterion.threshold": 1.0})
+  assert again["criterion"] == r["criterion"] and again["per_length"] == r["per_length"]
 
 
 def test_seeds_in_one_program_each_stop_with_their_single_runs_parameters(tmp_path, recorded):
