@@ -60,7 +60,8 @@ Rules (symbols are the task's own ids; ties always go to the smallest id):
     ``n1`` ones in ``l`` bits, every arrangement is equally likely and that has probability
     ``2 n0 n1 / (l (l - 1))``, so answer 1 iff ``4 n0 n1 > l (l - 1)`` (the Bayes rule from the
     bag; exact at ``l <= 2``, near chance for long inputs).
-  - ``bag_digits`` (addition, a heuristic, not optimal: the sum is not a function of the bag):
+  - ``bag_digits`` (addition and addition_reversed, a heuristic, not optimal: the sum is not a
+    function of the bag; it ignores order, so it is the same rule for either digit order):
     the termination token when ``t = max(l - 2, 1)`` answer tokens are emitted (the longest sum
     without a carry; the sum's length is spread over about ``l / 2`` values, so any fixed guess is
     right about ``2 / l`` of the time), else the most frequent prompt digit not yet emitted (where
@@ -213,6 +214,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "cycle_navigation": ("bag_answer",), "summation_mod_10": ("bag_answer",),
     "even_pairs": ("bag_posterior",),
     "addition": ("bag_digits",),
+    "addition_reversed": ("bag_digits",),
 }
 _STEPS: dict[str, Step] = {f.__name__: f for f in (
     most_frequent_remaining, bag_majority, sorted_bag, next_larger, bag_answer, bag_posterior,

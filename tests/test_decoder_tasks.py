@@ -19,9 +19,10 @@ from posenc import tasks
 BATCH = 64
 MAX = 41
 LENGTHS = (1, 2, 3, 4, 5, 20, 21, 40, 41)
-NAMES = ("addition", "copy", "sorting", "sorting_multi_digit", "summation_mod_10")
-VOCABS = {"copy": (100, 100), "addition": (11, 11), "summation_mod_10": (10, 10),
-          "sorting": (50, 50), "sorting_multi_digit": (11, 11)}
+NAMES = ("addition", "addition_reversed", "copy", "sorting", "sorting_multi_digit",
+         "summation_mod_10")
+VOCABS = {"copy": (100, 100), "addition": (11, 11), "addition_reversed": (11, 11),
+          "summation_mod_10": (10, 10), "sorting": (50, 50), "sorting_multi_digit": (11, 11)}
 
 
 def solve_copy(x, length):
@@ -91,6 +92,24 @@ def solve_addition(x, length):
   return answer + [0] * pad, [True] * len(answer) + [False] * pad
 
 
+def solve_addition_reversed(x, length):
+  """As solve_addition, the sum's decimal digits written least significant first."""
+  if length < 3:
+    assert x == [0] * length
+    return [0] * length, [False] * length  # masked out: the target is not checked
+  assert x.count(10) == 1
+  i = x.index(10)
+  a, b = x[:i], x[i + 1:]
+  assert a and b and all(d <= 9 for d in a + b)
+  for digits in (a, b):
+    assert len(digits) == 1 or digits[0] != 0, "no leading zeros"
+  total = int("".join(map(str, a))) + int("".join(map(str, b)))
+  answer = [int(c) for c in reversed(str(total))] + [10]
+  pad = length - len(answer)
+  assert pad >= 0
+  return answer + [0] * pad, [True] * len(answer) + [False] * pad
+
+
 SOLVERS = {name: globals()[f"solve_{name}"] for name in NAMES}
 
 
@@ -146,6 +165,66 @@ def test_addition_examples_and_distribution():
   x = np.asarray(out["input"])
   len_a = (x == 10).argmax(axis=1)
   assert set(len_a.tolist()) == set(range(1, 11)), "|a| uniform on 1..l-2"
+
+
+def test_addition_reversed_examples_and_same_prompts_as_addition():
+  # 537 + 19 = 556 -> 6 5 5 END; 95 + 7 = 102 -> 2 0 1 END; 0 + 0 -> 0 END (hand-checked).
+  assert solve_addition_reversed([5, 3, 7, 10, 1, 9], 6)[0] == [6, 5, 5, 10, 0, 0]
+  assert solve_addition_reversed([9, 5, 10, 7], 4)[0] == [2, 0, 1, 10]
+  assert solve_addition_reversed([0, 10, 0], 3) == ([0, 10, 0], [True, True, False])
+  plain, rev = tasks.get("addition"), tasks.get("addition_reversed")
+  assert isinstance(rev, type(plain)) and rev.output_length(17) == 17
+  assert (rev.TERMINATION, rev.PLUS) == (plain.TERMINATION, plain.PLUS)
+  padded_plain = jax.jit(plain.sample_padded, static_argnums=(1, 3))
+  padded_rev = jax.jit(rev.sample_padded, static_argnums=(1, 3))
+  carried = 0
+  for length in (1, 2, 3, 4, 12, 41):
+    for p, r in ((padded_plain(jax.random.key(length), BATCH, jnp.int32(length), MAX),
+                  padded_rev(jax.random.key(length), BATCH, jnp.int32(length), MAX)),
+                 (plain.sample(jax.random.key(50 + length), BATCH, length),
+                  rev.sample(jax.random.key(50 + length), BATCH, length))):
+      p, r = ({k: np.asarray(v) for k, v in o.items()} for o in (p, r))
+      # The same key gives the same prompt and the same scored span; only the order differs.
+      np.testing.assert_array_equal(p["input"], r["input"])
+      np.testing.assert_array_equal(p["target_mask"], r["target_mask"])
+      for x, y, m in zip(r["input"].tolist(), r["target"].tolist(), r["target_mask"].tolist()):
+        want, want_mask = solve_addition_reversed(x[:length], length)
+        assert m[:length] == want_mask and not any(m[length:])
+        if any(want_mask):
+          assert y[:length] == want, (length, x[:length])
+          len_a = x.index(10)
+          carried += want.index(10) > max(len_a, length - 1 - len_a)  # a final carry
+  assert carried > 0, "some sums have one digit more than the longer operand"
+
+
+def test_addition_reversed_has_additions_baseline_rule():
+  from experiments import baselines
+  assert baselines.rules_for("addition_reversed") == baselines.rules_for("addition") == [
+      "chance", "bag_digits"]
+  # 5 + 1 9 = 24 -> 4 2 END. bag_digits, teacher-forced: 1 (the smallest of the tied digits
+  # 5 1 9), 1 again (the true 4 is no prompt digit), END at t = l - 2 = 2: 1 of 3 right;
+  # on its own outputs 1 5 END, no exact match.
+  task = tasks.get("addition_reversed")
+  out = {"input": jnp.asarray([[5, 10, 1, 9]]), "target": jnp.asarray([[4, 2, 10, 0]]),
+         "target_mask": jnp.asarray([[True, True, True, False]])}
+  b = {k: np.asarray(v) for k, v in
+       data_lib.layout(task, out, 4, causal=True, padded_length=16).items()}
+  np.testing.assert_array_equal(
+      baselines.rule_answers(task, "bag_digits", b, teacher_forced=True)[0, 4:7], [1, 1, 10])
+  np.testing.assert_array_equal(
+      baselines.rule_answers(task, "bag_digits", b, teacher_forced=False)[0, 4:7], [1, 5, 10])
+  sums = baselines.score_batch(task, "bag_digits", b, causal=True, greedy=True)
+  np.testing.assert_allclose(sums / sums[1], [1 / 3, 1.0, 0.0, 1 / 3])
+  # Over a run's own evaluation samples, against tests/test_baselines.py's plain-Python count.
+  from tests import helpers
+  from tests.test_baselines import _independent
+  config = helpers.config("decoder", **{"task.name": "addition_reversed", "eval.greedy": True})
+  res = baselines.baseline_results(config)["bag_digits"]
+  score, exact = _independent(config, "bag_digits")
+  np.testing.assert_allclose([res["per_length"][l] for l in score], list(score.values()),
+                             rtol=1e-6)
+  np.testing.assert_allclose([res["greedy"]["per_length_exact_match"][l] for l in exact],
+                             list(exact.values()), rtol=1e-6)
 
 
 def test_decoder_layout_teacher_forces_the_answer():

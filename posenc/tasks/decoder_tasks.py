@@ -19,6 +19,9 @@ category is the count of numbers; here the numbers and their separators fill ``l
 tokens (see :class:`SortingMultiDigit`). Training lengths 1–20 and test lengths to 40,
 as in the paper, are set in ``configs/decoder.py``.
 
+One task is posenc's own, not the paper's: ``addition_reversed`` (:class:`AdditionReversed`),
+the same prompts as ``addition`` with the sum written least significant digit first.
+
 ``level`` is ``"decoder"`` (not a Chomsky-hierarchy level), so these tasks do not join
 the Chomsky-hierarchy sweeps by themselves.
 
@@ -152,6 +155,20 @@ class Addition(Task):
     return length
 
   def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    x, total, size, fits = self._operands_and_sum(rng, batch_size, length, max_length)
+    out = padding.arange_row(max_length)
+    body = jnp.where(out < size, padding.take(total, size - 1 - out), 0)  # most significant first
+    target = jnp.where(out == size, self.TERMINATION, body)
+    return {"input": jnp.where(fits, x, 0), "target": jnp.where(fits, target, 0),
+            "target_mask": fits & (out <= size)}
+
+  def _operands_and_sum(self, rng: jax.Array, batch_size: int, length, max_length: int):
+    """The prompt ``a + b`` and its sum, shared by :class:`AdditionReversed`.
+
+    Returns ``(x, total, size, fits)``: the prompt [B, max_length] (0 past ``length``, not
+    yet zeroed for ``l < 3``), the sum's little-endian digits [B, max(max_length - 2, 1) + 1],
+    its digit count [B, 1] (at least one) and whether a sum fits (``length >= 3``).
+    """
     width = max(max_length - 2, 1)                  # digits of the longest operand
     n = jnp.maximum(length, 3)                      # a stand-in of 3 tokens when length < 3
     k_len, k_a, k_b = jax.random.split(rng, 3)
@@ -179,10 +196,38 @@ class Addition(Task):
     nonzero = total[:, ::-1] != 0
     size = jnp.where(jnp.any(nonzero, axis=1, keepdims=True),
                      total.shape[1] - jnp.argmax(nonzero, axis=1)[:, None], 1)
+    return x, total, size, jnp.asarray(length >= 3)
+
+
+class AdditionReversed(Addition):
+  """Add two decimal integers; the sum is written least significant digit first.
+
+  posenc's variant of :class:`Addition`, not Kazemnejad et al.'s format: the "reversed"
+  answer that makes addition learnable by small Transformers (Lee et al., 2023, "Teaching
+  Arithmetic to Small Transformers"; Zhou et al., 2024). Written least significant digit
+  first, each answer digit depends only on its column's two operand digits and the carry
+  from the column before, and that carry follows from the previous column's operand digits
+  and the answer digit just generated: the carry flows in generation order. Written most
+  significant first (:class:`Addition`), the first answer digit already depends on the
+  carry chain through every column.
+  The prompt is unchanged: input ``a + b`` in ``l`` tokens, operands most significant
+  digit first, drawn exactly as :class:`Addition` draws them (the same key gives the same
+  input). Tokens: input 0..9 (digits), 10 (+). Output (``output_length(l) = l``): the sum's
+  digits, least significant first, without the most significant zeros (``0`` is written
+  ``0``), then the termination token 10, then 0s as padding; ``target_mask`` is True up to
+  and including the termination token.
+  Example: ``5 3 7 + 1 9`` -> ``6 5 5 10 0 0`` (537 + 19 = 556).
+  For ``l < 3`` no sum fits: the input is all 0s and the answer is masked out (never scored
+  or trained), as :class:`Addition`.
+  """
+
+  name = "addition_reversed"
+
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    x, total, size, fits = self._operands_and_sum(rng, batch_size, length, max_length)
     out = padding.arange_row(max_length)
-    body = jnp.where(out < size, padding.take(total, size - 1 - out), 0)
+    body = jnp.where(out < size, padding.take(total, out), 0)  # least significant first
     target = jnp.where(out == size, self.TERMINATION, body)
-    fits = jnp.asarray(length >= 3)
     return {"input": jnp.where(fits, x, 0), "target": jnp.where(fits, target, 0),
             "target_mask": fits & (out <= size)}
 
@@ -275,4 +320,4 @@ class SortingMultiDigit(Task):
                                             (batch_size, max_length))}
 
 
-TASKS = (Copy, Addition, SummationMod10, Sorting, SortingMultiDigit)
+TASKS = (Copy, Addition, AdditionReversed, SummationMod10, Sorting, SortingMultiDigit)
