@@ -12,7 +12,8 @@ decoder scheme or task on the command line:
 (``--config.encoding.name`` swaps the scheme only when it needs no fields of its own;
 otherwise start from ``configs/<scheme>.py`` with ``--config.model.causal=True
 --config.task.name=copy --config.task.train_max_length=20 --config.eval.max_length=40``.)
-Decoder tasks: copy, addition, summation_mod_10, sorting, sorting_multi_digit
+Decoder tasks: copy, addition, addition_reversed (posenc's: the sum least significant digit
+first), summation_mod_10, sorting, sorting_multi_digit
 (``posenc/tasks/decoder_tasks.py``); every Chomsky-hierarchy task also runs in this decoder form.
 
 Presets as in ``configs/base.py``: ``smoke`` (seconds), default (a few minutes on a CPU),

@@ -1,7 +1,7 @@
 """Every scheme valid in a causal decoder × the tasks in decoder form × seeds (Kazemnejad et al. 2023).
 
 The Chomsky-hierarchy tasks of ``chomsky.py`` and the decoder tasks (level "decoder", discovered:
-copy, addition, summation_mod_10, sorting, sorting_multi_digit), read as ``prompt SEP answer``
+copy, addition, addition_reversed, summation_mod_10, sorting, sorting_multi_digit), read as ``prompt SEP answer``
 by a causal decoder (``model.causal=True``), with the lengths of ``configs/decoder.py`` (train
 1–20, test to 40).
 Schemes are those whose ``MODES`` include "decoder", discovered, so the causal-only ones (none,
