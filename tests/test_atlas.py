@@ -56,7 +56,7 @@ def test_atlas_points_cover_every_scheme_both_forms_and_randomized_positions():
   assert all(p["eval.greedy"] and p["model.pre_ln"] for p in dec)
   levels = [tasks.registry()[t].level for t in m.ENCODER_TASKS]
   assert all(levels.count(level) >= 2 for level in ("R", "DCF", "CS"))
-  assert {"copy", "addition", "sorting"} <= set(m.DECODER_TASKS)
+  assert {"copy", "addition_reversed", "sorting"} <= set(m.DECODER_TASKS)
   assert any(tasks.registry()[t].level in ("R", "DCF", "CS") for t in m.DECODER_TASKS)
   # Seed-major: the first half is a whole table of seed 0.
   assert [p["seed"] for p in pts] == sorted(p["seed"] for p in pts)

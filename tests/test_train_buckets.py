@@ -267,13 +267,13 @@ def test_bucketed_run_resumes_bit_identically(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_num_buckets_is_checked_and_leaves_the_run_identity_alone():
+def test_num_buckets_is_checked_and_a_resumable_field():
   for bad in (0, -2):  # ml_collections refuses values of another type by itself
     with pytest.raises(ConfigError, match=r"config\.train\.num_buckets"):
       train.setup(helpers.config("sinusoidal", **{"train.num_buckets": bad}))
   a = helpers.config("sinusoidal", **{"train.num_buckets": 1})
   b = helpers.config("sinusoidal", **{"train.num_buckets": 5})
-  assert train.config_hash(a) == train.config_hash(b)  # how a run computes, not what
+  # a workdir may resume with another bucketing (it then trains to other bits: the hash differs)
   assert "train.num_buckets" not in train._config_diff(a.to_dict(), b.to_dict())
 
 
