@@ -62,6 +62,13 @@ _LONGEST_FIRST = (
     "test_decoding.py::test_greedy_matches_a_plain_generation_loop",
     "test_bad_inputs.py::test_the_command_line_gives_one_line_and_a_status",
     "test_device_report.py::test_cpu_dry_run_reports_speed_and_a_seeded_run",
+    "test_criterion.py::test_stops_where_in_range_accuracy_crosses_and_resumes_to_the_same_step",
+    "test_criterion.py::test_seeds_in_one_program_each_stop_with_their_single_runs_parameters",
+    "test_reliability.py::test_sigkill_at_any_point_then_restart_gives_the_same_bits",
+    "test_floater.py::test_gradients_match_finite_differences",
+    "test_floater.py::test_warm_start_from_a_sinusoidal_run_end_to_end",
+    "test_floater.py::test_training_step_has_no_host_callbacks_and_reports_the_solver",
+    "test_floater.py::test_smoke_decoder_with_randomized_positions_layer_input_and_sphere_flow",
 )
 
 

@@ -124,6 +124,16 @@ def test_seeds_in_one_program_each_stop_with_their_single_runs_parameters(tmp_pa
     with open(os.path.join(wd, "seeds", f"seed{k}", "results.json")) as f:
       seed = json.load(f)
     assert seed["criterion"]["step"] == steps[k] and seed["steps_trained"] == steps[k]
+  # each seed's own training curve: the run's is the mean of its seeds'
+  whole = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+  per_seed = [[json.loads(line) for line in open(os.path.join(wd, "seeds", f"seed{k}",
+                                                              "metrics.jsonl"))] for k in (0, 1)]
+  assert [row["step"] for row in per_seed[0]] == [row["step"] for row in whole]
+  for i, row in enumerate(whole):
+    np.testing.assert_allclose(row["loss"], np.mean([p[i]["loss"] for p in per_seed]), rtol=1e-6)
+    if "criterion" in row:
+      assert [p[i]["criterion"] for p in per_seed] == row["criterion"]
+  assert per_seed[0][0]["loss"] != per_seed[1][0]["loss"]
 
 
 def test_criterion_fields_are_checked_before_compute():
@@ -171,15 +181,3 @@ def test_default_presets_train_to_the_criterion_and_lm_is_refused_one():
   with pytest.raises(ConfigError, match="config.criterion.every.*own evaluation protocol"):
     train.setup(lm)
 
-
-def test_each_seed_of_a_program_has_its_own_training_curve(tmp_path):
-  r, wd = _run(tmp_path, "curves", num_seeds=2, **{"train.steps": 4, "train.log_every": 2,
-                                                   "criterion.every": 2, "criterion.threshold": 1.0})
-  whole = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
-  per_seed = [[json.loads(line) for line in open(os.path.join(wd, "seeds", f"seed{k}",
-                                                              "metrics.jsonl"))] for k in (0, 1)]
-  assert [row["step"] for row in per_seed[0]] == [row["step"] for row in whole] == [2, 4]
-  for i, row in enumerate(whole):  # the run's curve is the mean of its seeds'
-    np.testing.assert_allclose(row["loss"], np.mean([p[i]["loss"] for p in per_seed]), rtol=1e-6)
-    assert [p[i]["criterion"] for p in per_seed] == row["criterion"]
-  assert per_seed[0][0]["loss"] != per_seed[1][0]["loss"]
