@@ -75,7 +75,8 @@ def solve_summation_mod_10(x, length):
   return [sum(x) % 10], [True]
 
 
-def solve_addition(x, length):
+def solve_addition(x, length, reverse=False):
+  """The sum of ``a + b`` in decimal digits, most significant first (``reverse``: least)."""
   if length < 3:
     assert x == [0] * length
     return [0] * length, [False] * length  # masked out: the target is not checked
@@ -85,29 +86,15 @@ def solve_addition(x, length):
   assert a and b and all(d <= 9 for d in a + b)
   for digits in (a, b):
     assert len(digits) == 1 or digits[0] != 0, "no leading zeros"
-  total = int("".join(map(str, a))) + int("".join(map(str, b)))
-  answer = [int(c) for c in str(total)] + [10]
+  total = str(int("".join(map(str, a))) + int("".join(map(str, b))))
+  answer = [int(c) for c in (reversed(total) if reverse else total)] + [10]
   pad = length - len(answer)
   assert pad >= 0
   return answer + [0] * pad, [True] * len(answer) + [False] * pad
 
 
 def solve_addition_reversed(x, length):
-  """As solve_addition, the sum's decimal digits written least significant first."""
-  if length < 3:
-    assert x == [0] * length
-    return [0] * length, [False] * length  # masked out: the target is not checked
-  assert x.count(10) == 1
-  i = x.index(10)
-  a, b = x[:i], x[i + 1:]
-  assert a and b and all(d <= 9 for d in a + b)
-  for digits in (a, b):
-    assert len(digits) == 1 or digits[0] != 0, "no leading zeros"
-  total = int("".join(map(str, a))) + int("".join(map(str, b)))
-  answer = [int(c) for c in reversed(str(total))] + [10]
-  pad = length - len(answer)
-  assert pad >= 0
-  return answer + [0] * pad, [True] * len(answer) + [False] * pad
+  return solve_addition(x, length, reverse=True)
 
 
 SOLVERS = {name: globals()[f"solve_{name}"] for name in NAMES}
