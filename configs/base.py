@@ -72,9 +72,16 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
   c.train.grad_clip = 1.0
   c.train.log_every = 100
   # Training programs: one per bucket of training lengths, each batch padded only to its
-  # bucket (posenc.data.train_buckets); 1: one program padded to the longest length. The
-  # same lengths, examples, positions and dropout masks either way.
-  c.train.num_buckets = 4
+  # bucket (posenc.data.train_buckets); 1: one program padded to the longest length; 0: as
+  # many as finish the run soonest, compiling included (posenc.setup.auto_train_buckets: the
+  # paper preset gets one per training length). The same lengths, examples, positions and
+  # dropout masks whatever the choice.
+  c.train.num_buckets = 0
+  # Whose step lengths the seeds of one run draw: -1, each seed its own (run k of num_seeds
+  # is exactly the single run with seed seed+k); s >= 0, every seed draws seed s's lengths,
+  # so seeds in one program pad as one run does (their examples, dropout and initialisation
+  # stay their own). Seed k then equals the single run with seed k and the same length_seed.
+  c.train.length_seed = -1
 
   # Training to a criterion (posenc.criterion): every `every` steps, score the longest
   # `top_fraction` of the training lengths on a held-out set; the run has *learned* once the
@@ -127,6 +134,7 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
     c.train.learning_rate = 1e-3
     c.train.schedule = "cosine"
     c.train.warmup_steps = 100
+    c.train.num_buckets = 4  # the README's default-preset numbers were measured with 4
     c.eval.max_length = 64
     c.eval.samples_per_length = 128
     c.eval.batch_size = 128

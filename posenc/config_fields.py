@@ -74,7 +74,9 @@ FIELDS: dict[str, str] = {
     "train.grad_clip": "clip gradients to this global norm (0: no clipping)",
     "train.log_every": "log and record metrics every this many steps",
     "train.num_buckets": "training programs, one per bucket of lengths (1: one program padded "
-                         "to the longest)",
+                         "to the longest; 0: chosen from the run's length)",
+    "train.length_seed": "-1: each seed draws its own step lengths; s >= 0: all seeds draw "
+                         "seed s's, and pad as one run",
 
     "criterion.every": "score the learning criterion every this many steps (0: no criterion)",
     "criterion.threshold": "the run has learned once the criterion's score reaches this",

@@ -153,6 +153,52 @@ def buckets(task: Task, lengths: Sequence[int], num_buckets: int,
   return out
 
 
+def _bucket_table(task: Task, lengths: Sequence[int], max_buckets: int, multiple: int):
+  """The dynamic programme of :func:`train_buckets`, solved once for every bucket count up to
+  ``max_buckets``: ``(lengths, cost, plan)`` where ``cost[b]`` is the fewest padded tokens
+  (summed over the lengths) with exactly ``b`` buckets and ``plan(b)`` that split."""
+  lengths = sorted(set(int(l) for l in lengths))
+  n = len(lengths)
+  k = max(1, min(int(max_buckets), n))
+  seq = [total_length(task, l) for l in lengths]
+  # padded[i][j]: the padded length of a bucket holding lengths[i:j]
+  padded = [[0] * (n + 1) for _ in range(n + 1)]
+  for i in range(n):
+    longest = 0
+    for j in range(i + 1, n + 1):
+      longest = max(longest, seq[j - 1])
+      padded[i][j] = int(math.ceil(longest / multiple) * multiple)
+  # cost[b][j]: fewest padded tokens covering lengths[:j] with b buckets; cut[b][j]: the start
+  # of the last of them.
+  inf = float("inf")
+  cost = [[inf] * (n + 1) for _ in range(k + 1)]
+  cut = [[0] * (n + 1) for _ in range(k + 1)]
+  cost[0][0] = 0
+  for b in range(1, k + 1):
+    for j in range(1, n + 1):
+      for i in range(b - 1, j):
+        c = cost[b - 1][i] + (j - i) * padded[i][j]
+        if c < cost[b][j]:
+          cost[b][j], cut[b][j] = c, i
+
+  def plan(b: int) -> list[tuple[tuple[int, ...], int]]:
+    bounds, j = [], n
+    while b:
+      i = cut[b][j]
+      bounds.append((i, j))
+      j, b = i, b - 1
+    out: list[tuple[tuple[int, ...], int]] = []
+    for i, j in reversed(bounds):
+      group, pad = tuple(lengths[i:j]), padded[i][j]
+      if out and out[-1][1] == pad:
+        out[-1] = (out[-1][0] + group, pad)
+      else:
+        out.append((group, pad))
+    return out
+
+  return lengths, [cost[b][n] for b in range(k + 1)], plan
+
+
 def train_buckets(task: Task, lengths: Sequence[int], num_buckets: int,
                   multiple: int = 8) -> list[tuple[tuple[int, ...], int]]:
   """Splits the training lengths (each drawn equally often) into at most ``num_buckets``
@@ -168,39 +214,22 @@ def train_buckets(task: Task, lengths: Sequence[int], num_buckets: int,
   by dynamic programming over the split points. Buckets that round to one padded
   length are merged. ``num_buckets = 1``: one bucket, padded to the longest sequence.
   """
-  lengths = sorted(set(int(l) for l in lengths))
   if not lengths:
     return []
-  n = len(lengths)
-  k = max(1, min(int(num_buckets), n))
-  padded = lambda i, j: int(math.ceil(max(total_length(task, l) for l in lengths[i:j]) / multiple)
-                            * multiple)
-  # cost[b][j]: fewest padded tokens covering lengths[:j] with b buckets; cut[b][j]: the start
-  # of the last of them.
-  inf = float("inf")
-  cost = [[inf] * (n + 1) for _ in range(k + 1)]
-  cut = [[0] * (n + 1) for _ in range(k + 1)]
-  cost[0][0] = 0
-  for b in range(1, k + 1):
-    for j in range(1, n + 1):
-      for i in range(b - 1, j):
-        c = cost[b - 1][i] + (j - i) * padded(i, j)
-        if c < cost[b][j]:
-          cost[b][j], cut[b][j] = c, i
-  b = min(range(1, k + 1), key=lambda b: (cost[b][n], b))  # fewest buckets among the best
-  bounds, j = [], n
-  while b:
-    i = cut[b][j]
-    bounds.append((i, j))
-    j, b = i, b - 1
-  out: list[tuple[tuple[int, ...], int]] = []
-  for i, j in reversed(bounds):
-    group, pad = tuple(lengths[i:j]), padded(i, j)
-    if out and out[-1][1] == pad:
-      out[-1] = (out[-1][0] + group, pad)
-    else:
-      out.append((group, pad))
-  return out
+  _, cost, plan = _bucket_table(task, lengths, num_buckets, multiple)
+  b = min(range(1, len(cost)), key=lambda b: (cost[b], b))  # fewest buckets among the best
+  return plan(b)
+
+
+def bucket_plans(task: Task, lengths: Sequence[int], max_buckets: int, multiple: int = 1
+                 ) -> list[list[tuple[tuple[int, ...], int]]]:
+  """``[plan with 1 bucket, plan with 2, ...]``, up to ``max_buckets`` (or one per length):
+  :func:`train_buckets`' split for each count, solved once (what ``train.num_buckets = 0``
+  chooses among, :func:`posenc.setup.auto_train_buckets`)."""
+  if not lengths:
+    return []
+  _, cost, plan = _bucket_table(task, lengths, max_buckets, multiple)
+  return [plan(b) for b in range(1, len(cost))]
 
 
 def sequence_scores(logits, batch) -> tuple[jax.Array, jax.Array]:

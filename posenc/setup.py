@@ -43,6 +43,8 @@ class Setup:
   eval_buckets: list
   workdir: str
   config_hash: str
+  # train.num_buckets as resolved (0, automatic: auto_train_buckets)
+  num_train_buckets: int = 1
 
   @property
   def causal(self) -> bool:
@@ -64,8 +66,8 @@ class Setup:
   def train_buckets(self) -> list[tuple[tuple[int, ...], int]]:
     """``[(lengths, padded_length)]``: the training programs, one per bucket of training
     lengths (``config.train.num_buckets``; ``data.train_buckets``), shortest first."""
-    return data_lib.train_buckets(self.task, self.train_lengths,
-                                  self.config.train.get("num_buckets", 1), multiple=1)
+    return data_lib.train_buckets(self.task, self.train_lengths, self.num_train_buckets,
+                                  multiple=1)
 
   def train_positions(self) -> int:
     """Every real training token's position is below this (``Dims.train_positions``);
@@ -90,17 +92,73 @@ def diagnostics(variables: dict) -> dict:
 # not redo them). ``train.num_buckets`` is in the hash: padding a batch to another length
 # changes the rounding of its sums, so the same seed trains to other bits (tests/test_train_buckets.py).
 _HASH_EXCLUDED = (("eval", "micro_batch"), (None, "plots"))
+# Fields added after runs were committed: at these values they change nothing, and are left out
+# of the hash so that those runs keep their names.
+_HASH_DEFAULTS = {("train", "length_seed"): -1}
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
   d = config.to_dict()
   d.pop("workdir", None)
+  for (section, name), value in _HASH_DEFAULTS.items():
+    if isinstance(d.get(section), dict) and d[section].get(name, value) == value:
+      d[section].pop(name, None)
   for section, name in _HASH_EXCLUDED:
     if section is None:
       d.pop(name, None)
     elif isinstance(d.get(section), dict):
       d[section].pop(name, None)
   return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+# The cost model behind ``train.num_buckets = 0`` (automatic): per backend, the model FLOP/s a
+# small training step reaches, a fixed cost per step (dispatch, optimizer, small operations) and
+# the seconds one training program takes to compile. Measured on this project's 2-core CPU
+# (docs/throughput.md): the atlas protocol's step (2 layers, d = 64, batch 64) ran at 25-35
+# GFLOP/s and compiled in 5-7 s; the paper preset's (5 layers, batch 128) at about 26 GFLOP/s,
+# 6.6 s. The accelerator figures are rough (small models leave them latency-bound): there
+# the choice leans to few programs unless a run is long.
+_STEP_FLOPS = {"cpu": 3e10, "gpu": 3e13, "tpu": 5e13}
+_STEP_FIXED_S = {"cpu": 1e-3, "gpu": 2e-3, "tpu": 2e-3}
+_COMPILE_S = {"cpu": 6.0, "gpu": 20.0, "tpu": 30.0}
+_MAX_AUTO_BUCKETS = 64
+
+
+def projected_training_s(config: ml_collections.ConfigDict, plan, lengths,
+                         backend: str | None = None) -> tuple[float, float]:
+  """``(training seconds, compile seconds)`` the cost model projects for ``train.steps`` steps
+  with the training programs of ``plan`` (``[(lengths, padded)]``): each step costs its
+  program's model FLOPs (6 × tokens × the matmul work per token, attention scores included)
+  over the backend's rate plus a fixed cost; seeds in one program that draw their own lengths
+  pad to the longest bucket of the step's draws (``train.length_seed = -1``), seeds that share
+  the draw pad as one. Compiling is counted one program after another (the run compiles them
+  side by side on the cores, but the choice must not depend on the core count)."""
+  backend = backend or jax.default_backend()
+  m, t = config.model, config.train
+  S = config.get("num_seeds", 1)
+  share = S if config.train.get("length_seed", -1) < 0 else 1
+  per_token = lambda p: m.num_layers * (4 * m.d_model ** 2 + 2 * m.d_model * m.d_ff
+                                        + 2 * p * m.d_model)
+  step_s = lambda p: (6 * t.batch_size * S * p * per_token(p) / _STEP_FLOPS.get(backend, 3e10)
+                      + _STEP_FIXED_S.get(backend, 1e-3))
+  n = len(lengths)
+  # the chance that a step's longest draw (over `share` independent seeds) falls in bucket b
+  below = np.cumsum([len(g) for g, _ in plan]) / n
+  p_max = np.diff(np.concatenate([[0.0], below ** share]))
+  mean_step = float(sum(p * step_s(pad) for p, (_, pad) in zip(p_max, plan)))
+  compile_s = len(plan) * _COMPILE_S.get(backend, 6.0)
+  return t.steps * mean_step, compile_s
+
+
+def auto_train_buckets(config: ml_collections.ConfigDict, task, lengths) -> int:
+  """``train.num_buckets = 0``: the number of training programs that the cost model
+  (:func:`projected_training_s`) projects to finish the run soonest, compiling included: a
+  short run gets few programs (each would cost more to compile than it saves), the paper
+  preset's million steps one per training length. Depends only on the config and the
+  backend, so the same config trains to the same bits on the same kind of machine."""
+  plans = data_lib.bucket_plans(task, lengths, _MAX_AUTO_BUCKETS, multiple=1)
+  totals = [sum(projected_training_s(config, plan, lengths)) for plan in plans]
+  return int(np.argmin(totals)) + 1  # argmin: the fewest programs among equal totals
 
 
 def _positive(config, path: str, allow_zero: bool = False) -> None:
@@ -186,9 +244,15 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
                       "lower it or raise config.task.train_max_length")
   _check_micro_batch(config)
   buckets_n = config.train.get("num_buckets", 1)
-  if not isinstance(buckets_n, int) or isinstance(buckets_n, bool) or buckets_n < 1:
-    raise ConfigError("config.train.num_buckets", f"must be a positive integer (1: one training "
-                      f"program padded to the longest length), got {buckets_n!r}")
+  if not isinstance(buckets_n, int) or isinstance(buckets_n, bool) or buckets_n < 0:
+    raise ConfigError("config.train.num_buckets", f"must be a non-negative integer (0: chosen "
+                      "from the run's length; 1: one training program padded to the longest "
+                      f"length), got {buckets_n!r}")
+  length_seed = config.train.get("length_seed", -1)
+  if not isinstance(length_seed, int) or isinstance(length_seed, bool) or length_seed < -1:
+    raise ConfigError("config.train.length_seed", "must be -1 (each seed draws its own step "
+                      "lengths) or a seed >= 0 whose draw every seed shares, got "
+                      f"{length_seed!r}")
   if config.eval.min_length > config.eval.max_length:
     raise ConfigError("config.eval.min_length",
                       f"{config.eval.min_length} exceeds eval.max_length={config.eval.max_length}; "
@@ -226,7 +290,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   h = config_hash(config)
   workdir = config.workdir or os.path.join(
       "runs", f"{config.encoding.name}-{t.name}-{config.preset}-seed{config.seed}-{h}")
-  s = Setup(config, task, model_cfg, train_lengths, train_padded, eval_buckets, workdir, h)
+  num_train = config.train.get("num_buckets", 1) or auto_train_buckets(config, task, train_lengths)
+  s = Setup(config, task, model_cfg, train_lengths, train_padded, eval_buckets, workdir, h,
+            num_train)
   if config.num_seeds > 1 and hasattr(task, "evaluate"):
     raise ConfigError("config.num_seeds", f"the {t.name} task's evaluation runs one seed at a "
                       "time; set --config.num_seeds=1 and run seeds as separate runs (a sweep)")

@@ -134,6 +134,13 @@ def step_keys(key: jax.Array, step) -> tuple[jax.Array, jax.Array, jax.Array]:
   return k_len, k_data, k_drop
 
 
+def length_key(config: ml_collections.ConfigDict, key: jax.Array) -> jax.Array:
+  """The key whose :func:`step_keys` draw each step's length: the training key ``key`` (per
+  seed), or with ``train.length_seed = s >= 0`` seed s's training key, one for every seed."""
+  shared = config.train.get("length_seed", -1)
+  return key if shared < 0 else root_keys(shared)["train"]
+
+
 def length_index(k_len: jax.Array, num_lengths: int) -> jax.Array:
   """Which training length a step draws (uniform over ``setup.train_lengths``)."""
   return jax.random.randint(k_len, (), 0, num_lengths)
@@ -204,8 +211,10 @@ def make_train_step(s: Setup, bucket: int | None = None) -> Callable:
     plan = s.train_buckets()
     first = s.train_lengths.index(plan[bucket][0][0])
     hi = first + len(plan[bucket][0])
-    # Seeds share one program, and another seed's length may come from an earlier bucket.
-    lo = 0 if s.config.num_seeds > 1 else first
+    # Seeds share one program, and another seed's length may come from an earlier bucket
+    # (unless they share their draws, train.length_seed).
+    own_draws = s.config.num_seeds > 1 and s.config.train.get("length_seed", -1) < 0
+    lo = 0 if own_draws else first
     lengths, padded = s.train_lengths[lo:hi], plan[bucket][1]
   batch_fn = data_lib.make_batch_fn(
       s.task, sampler, batch_size=s.config.train.batch_size, lengths=lengths,
@@ -213,10 +222,14 @@ def make_train_step(s: Setup, bucket: int | None = None) -> Callable:
 
   mesh = data_mesh(s.config)
   batch_size = s.config.train.batch_size
+  shared = s.config.train.get("length_seed", -1) >= 0
+  shared_key = length_key(s.config, None) if shared else None
 
   def step_fn(state, key, index=None):
     k_len, k_data, k_drop = step_keys(key, state["step"])
     if index is None:
+      if shared:  # every seed draws the length of seed train.length_seed
+        k_len = step_keys(shared_key, state["step"])[0]
       index = length_index(k_len, n)
     batch = batch_fn(k_data, index - lo)
     batch = parallel.shard_batch(batch, mesh, batch_size)  # data parallel over all devices
@@ -283,11 +296,16 @@ def step_programs(s: Setup, key: jax.Array, start: int) -> StepPrograms:
   jit_step = lambda fn: jax.jit(seeded(fn, S, seed_loop(config)), donate_argnums=0,
                                 out_shardings=(rep, rep) if mesh.size > 1 else None)
   plan = s.train_buckets()
-  if len(plan) == 1:  # one program; it draws each step's length itself
+  if len(plan) == 1 and config.train.get("num_buckets", 1) == 1:
+    # one program padded to s.train_padded; it draws each step's length itself
     one = jit_step(make_train_step(s))
     return StepPrograms(lambda state, key, step: one(state, key), {}, None, [])
-  # a program per bucket of lengths, picked by the host from the length schedule
-  schedule = length_schedule(key, start, config.train.steps, len(s.train_lengths))
+  # a program per bucket of lengths (padded to the bucket's longest sequence), picked by the
+  # host from the length schedule
+  schedule = length_schedule(length_key(config, key), start, config.train.steps,
+                             len(s.train_lengths))
+  if S > 1 and schedule.ndim == 1:  # shared draws: every seed's index is the same
+    schedule = np.repeat(schedule[:, None], S, axis=1)
   bucket_of = np.repeat(np.arange(len(plan)), [len(g) for g, _ in plan])[schedule]
   step_bucket = bucket_of if S == 1 else bucket_of.max(axis=1, initial=0)
   bucket_fns = {int(b): jit_step(make_train_step(s, int(b))) for b in np.unique(step_bucket)}
@@ -464,7 +482,7 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
     log(f"criterion: {learned} of {S} seed{'s' if S > 1 else ''} learned in range"
         + (f"; stopped at step {step}" if step < total else f" by step {step} (the cap)"))
   return state, {"compile_s": compile_s, "train_s": time.perf_counter() - t_start,
-                 "steps": step}, tracker
+                 "train_programs": len(programs.buckets) or 1, "steps": step}, tracker
 
 
 # ----------------------------------------------------------------------------- the run

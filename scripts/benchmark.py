@@ -2,6 +2,8 @@
 
   python scripts/benchmark.py                       # every scheme, default Chomsky preset
   python scripts/benchmark.py --schemes=sinusoidal,floater,alibi --steps=30 --out=bench.json
+  python scripts/benchmark.py --atlas --atlas_before        # the atlas protocol, whole runs
+  python scripts/benchmark.py --buckets=paper --buckets_only  # the paper preset's step
 
 For each scheme (encoder mode where valid, else the causal decoder) on the default preset
 of ``configs/<scheme>.py`` (reverse_string): compile time of the training step, training
@@ -47,7 +49,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import logging  # noqa: E402
 
-from posenc import dropout, encodings, host_memory, model, train  # noqa: E402
+from posenc import data as data_lib, dropout, encodings, host_memory, model, train  # noqa: E402
 from posenc import seeds as seeds_lib, setup as setup_lib  # noqa: E402
 
 logging.set_verbosity(logging.ERROR)
@@ -420,6 +422,58 @@ def bench_seeds(args, num_seeds: int = 8, rate: float = 0.0) -> dict:
   return out
 
 
+def bench_atlas(args) -> dict:
+  """The atlas protocol as a researcher runs it, whole processes, wall clock: ``--atlas_seeds``
+  single-seed runs (``--config.num_seeds=1 --config.seed=k``) one after another against one
+  run of all of them (``--config.num_seeds``), each ``--atlas_steps`` steps of sweep point
+  ``--atlas_point`` of ``configs/sweeps/atlas.py`` with the criterion off (every run trains
+  the same steps), process start-up, compiling, training, evaluation and writing included. The
+  target (issue 40): the one run at least 3.5x the seed-points per hour of the single runs.
+  ``--atlas_before`` times the first v2 protocol too (one program padded to the rounded
+  longest length, ``train.num_buckets = 1``, each seed drawing its own lengths)."""
+  import tempfile
+  S = args.atlas_seeds
+  variants = [("now", [])]
+  if args.atlas_before:
+    variants.append(("before", ["--config.train.num_buckets=1", "--config.train.length_seed=-1"]))
+  out = {"point": args.atlas_point, "steps": args.atlas_steps, "seeds": S, "rows": []}
+  with tempfile.TemporaryDirectory() as tmp:
+    def run(name, *flags):
+      t = time.perf_counter()
+      done = subprocess.run([sys.executable, "-m", "experiments.run",
+                             "--config=configs/sweeps/atlas.py:default",
+                             f"--sweep_index={args.atlas_point}",
+                             f"--config.train.steps={args.atlas_steps}",
+                             "--config.criterion.every=0",
+                             f"--config.workdir={os.path.join(tmp, name)}", *flags],
+                            capture_output=True, text=True, cwd=_ROOT)
+      if done.returncode:
+        raise RuntimeError(f"run {name} failed: {done.stderr[-1000:]}")
+      compiled = [l for l in done.stdout.splitlines() if l.startswith("compiled")]
+      return time.perf_counter() - t, (compiled[0] if compiled else "")
+    for label, flags in variants:
+      singles = [run(f"{label}-one{k}", "--config.num_seeds=1", f"--config.seed={k}", *flags)
+                 for k in range(S)]
+      together, line = run(f"{label}-all", f"--config.num_seeds={S}", *flags)
+      row = {"protocol": label, "single_runs_s": [t for t, _ in singles],
+             "single_total_s": sum(t for t, _ in singles), "one_run_s": together,
+             "ratio": sum(t for t, _ in singles) / together,
+             "single_compiled": singles[0][1], "one_run_compiled": line}
+      out["rows"].append(row)
+      print(json.dumps(row), flush=True)
+  lines = [f"| protocol | {S} single-seed runs, s | one {S}-seed run, s | seed-points/hour, one run "
+           "÷ single runs |", "|---|---|---|---|"]
+  for r in out["rows"]:
+    lines.append(f"| {r['protocol']} | {r['single_total_s']:.1f} | {r['one_run_s']:.1f} | "
+                 f"{r['ratio']:.2f}× |")
+  if len(out["rows"]) == 2:
+    now, before = out["rows"]
+    lines.append(f"\n{S} seeds in one run, now against before: "
+                 f"{before['one_run_s'] / now['one_run_s']:.2f}× the seed-points per hour")
+  out["markdown"] = "\n".join(lines)
+  return out
+
+
 def bench_buckets(preset: str, args) -> dict:
   """Training length buckets on ``configs/sinusoidal.py:<preset>``: the step of every bucket
   program (``config.train.num_buckets``, or ``--num_buckets``) and of the one program of
@@ -438,6 +492,10 @@ def bench_buckets(preset: str, args) -> dict:
     c.train.num_buckets = k
   s = setup_lib.setup(c)
   plan = s.train_buckets()
+  # the plan the targets are stated against (issue 40: today's 4 buckets), timed alongside
+  other = (data_lib.train_buckets(s.task, s.train_lengths, args.compare_buckets, multiple=1)
+           if args.compare_buckets else [])
+  other = [] if other == plan else other
   keys = seeds_lib.root_keys(0)
   state = train.init_state(s, keys["init"])
   fresh = lambda: jax.tree_util.tree_map(jnp.copy, state)
@@ -457,6 +515,14 @@ def bench_buckets(preset: str, args) -> dict:
   compile_s = time.perf_counter() - t
   for b, ((g, padded), comp) in enumerate(zip(plan, compiled)):
     programs[f"bucket{b}"] = [comp, fresh(), (np.int32(s.train_lengths.index(g[-1])),), padded]
+  if other:
+    with c.unlocked():
+      c.train.num_buckets = args.compare_buckets
+    s_other = setup_lib.setup(c)
+    for b, (g, padded) in enumerate(other):
+      comp = jax.jit(train.make_train_step(s_other, b), donate_argnums=0).lower(
+          state, keys["train"], np.int32(s.train_lengths.index(g[-1]))).compile()
+      programs[f"other{b}"] = [comp, fresh(), (np.int32(s.train_lengths.index(g[-1])),), padded]
   samples = {name: [] for name in programs}
   names = list(programs)
   # "cpu": this process's CPU seconds (all threads) per step: on a machine shared with other
@@ -479,7 +545,15 @@ def bench_buckets(preset: str, args) -> dict:
   n = len(s.train_lengths)
   bucket_ms = [ms[f"bucket{b}"] for b in range(len(plan))]
   avg_ms = sum(len(g) / n * t for (g, _), t in zip(plan, bucket_ms))
-  return {
+  compared = {}
+  if other:
+    other_ms = [ms[f"other{b}"] for b in range(len(other))]
+    other_avg = sum(len(g) / n * t for (g, _), t in zip(other, other_ms))
+    compared = {"compare_buckets": args.compare_buckets, "compare_avg_ms": other_avg,
+                "avg_vs_compare": avg_ms / other_avg,
+                "compare": [{"lengths": [g[0], g[-1]], "padded": p, "step_ms": t}
+                            for (g, p), t in zip(other, other_ms)]}
+  return {**compared,
       "preset": preset, "num_buckets": k, "lengths": [s.train_lengths[0], s.train_lengths[-1]],
       "buckets": [{"lengths": [g[0], g[-1]], "padded": p, "step_ms": t, "share": len(g) / n}
                   for (g, p), t in zip(plan, bucket_ms)],
@@ -504,6 +578,7 @@ def system_buckets(args) -> dict:
            "--buckets_only", "--buckets_no_child", f"--steps={args.steps}",
            f"--warmup={args.warmup}", f"--rounds={args.rounds}",
            f"--num_buckets={args.num_buckets}", f"--buckets_clock={args.buckets_clock}",
+           f"--compare_buckets={args.compare_buckets}",
            f"--out={out}"]
     print("  buckets again with glibc's default allocator (POSENC_MALLOC=system)", flush=True)
     subprocess.run(cmd, env={**os.environ, "POSENC_MALLOC": "system"}, check=True,
@@ -528,6 +603,10 @@ def buckets_markdown(b: dict) -> str:
             f"{b['one_vs_before']:.2f}x), at the longest length {b['longest_ms']:.1f} ms "
             f"({b['longest_vs_before']:.2f}x); all {len(b['buckets'])} programs compiled in "
             f"{b['compile_all_s']:.1f} s"]
+  if "compare_avg_ms" in b:
+    lines += ["", f"against num_buckets={b['compare_buckets']} (its {len(b['compare'])} programs "
+              f"timed in the same rounds): averaged {b['compare_avg_ms']:.1f} ms; "
+              f"num_buckets={b['num_buckets']} is **{b['avg_vs_compare']:.2f}x** of it"]
   if "system" in b:
     g = b["system"]
     lines += ["", f"glibc's default allocator (POSENC_MALLOC=system, a child process right after): "
@@ -602,6 +681,8 @@ def main() -> None:
                  "averaged over the length distribution, compile time of all programs")
   p.add_argument("--num_buckets", type=int, default=0,
                  help="buckets for --buckets (0: the preset's config.train.num_buckets)")
+  p.add_argument("--compare_buckets", type=int, default=4,
+                 help="--buckets: also time this many buckets' programs, for the ratio (0: none)")
   p.add_argument("--buckets_only", action="store_true", help="run only the --buckets timing")
   p.add_argument("--buckets_clock", choices=("wall", "cpu"), default="wall",
                  help="--buckets steps in wall seconds, or in this process's CPU seconds (all "
@@ -609,6 +690,14 @@ def main() -> None:
   p.add_argument("--buckets_no_child", action="store_true",
                  help="--buckets_only: skip the second pass with glibc's default allocator "
                  "(a child process with POSENC_MALLOC=system; see posenc/host_memory.py)")
+  p.add_argument("--atlas", action="store_true", help="run only the atlas-protocol timing: "
+                 "single-seed runs against one run of all seeds, whole processes")
+  p.add_argument("--atlas_point", type=int, default=84,
+                 help="sweep point of configs/sweeps/atlas.py (84: RoPE on stack_manipulation)")
+  p.add_argument("--atlas_steps", type=int, default=1000)
+  p.add_argument("--atlas_seeds", type=int, default=5)
+  p.add_argument("--atlas_before", action="store_true",
+                 help="also time the first v2 protocol (one program, per-seed lengths)")
   p.add_argument("--seed_step_worker", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args()
   # Before JAX's CPU client starts, as experiments.run does (posenc/host_memory.py);
@@ -617,6 +706,13 @@ def main() -> None:
   memory = host_memory.configure(host_memory.step_bytes(config_for("sinusoidal", preset)))
   if args.seed_step_worker:
     seed_step_worker(args)
+    return
+  if args.atlas:
+    a = bench_atlas(args)
+    print(a["markdown"])
+    with open(args.out, "w") as f:
+      json.dump({"date": time.strftime("%Y-%m-%d"), "args": vars(args), "atlas": a}, f, indent=1)
+    print(f"wrote {args.out}")
     return
   if args.buckets_only:
     b = bench_buckets(args.buckets or "paper", args)

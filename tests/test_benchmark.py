@@ -20,7 +20,7 @@ def test_benchmark_script_writes_tables_interleaved_medians_seed_speedups_and_bu
   cmd = [sys.executable, "scripts/benchmark.py", "--preset=smoke", "--schemes=alibi,sinusoidal",
          "--steps=2", "--warmup=1", "--rounds=3", "--eval_min=1", "--eval_max=4",
          "--eval_samples=2", "--eval_rounds=2", "--eval_calls=2", "--skip_lm",
-         "--buckets=smoke", "--num_buckets=3", f"--out={out}"]
+         "--buckets=smoke", "--num_buckets=3", "--compare_buckets=2", f"--out={out}"]
   done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   d = json.loads(out.read_text())
@@ -158,6 +158,41 @@ def _check_buckets(b, rounds):
   assert abs(b["avg_vs_before"] - b["avg_ms"] / b["before_ms"]) < 1e-9
   assert b["compile_all_s"] > 0
   assert "| bucket 2: lengths 5–6 | 12 |" in b["markdown"]
+  # the plan the target is stated against, timed in the same rounds
+  assert b["compare_buckets"] == 2 and len(b["compare"]) == 2
+  other = sum((r["lengths"][1] - r["lengths"][0] + 1) / 6 * r["step_ms"] for r in b["compare"])
+  assert abs(b["compare_avg_ms"] - other) < 1e-9
+  assert abs(b["avg_vs_compare"] - b["avg_ms"] / other) < 1e-9
+  assert f"is **{b['avg_vs_compare']:.2f}x** of it" in b["markdown"]
+
+
+def test_atlas_timing_runs_single_seed_runs_against_one_run_and_reports_the_ratio(monkeypatch):
+  """--atlas: S single-seed processes one after another against one S-seed process (whole
+  runs, the atlas's sweep point), now and, with --atlas_before, with the first v2 protocol."""
+  import argparse
+  import types
+  from scripts import benchmark
+  calls = []
+  clock = [0.0]
+
+  def fake_run(cmd, **kw):
+    calls.append(cmd)
+    seeds = next(int(a.split("=")[1]) for a in cmd if a.startswith("--config.num_seeds="))
+    clock[0] += 10.0 if seeds == 1 else 20.0 + ("--config.train.num_buckets=1" in cmd) * 10
+    return types.SimpleNamespace(returncode=0, stdout="compiled the training step in 1.0s\n",
+                                 stderr="")
+  monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+  monkeypatch.setattr(benchmark.time, "perf_counter", lambda: clock[0])
+  args = argparse.Namespace(atlas_seeds=3, atlas_before=True, atlas_point=7, atlas_steps=50)
+  a = benchmark.bench_atlas(args)
+  assert len(calls) == 8  # (3 single + 1 together) x 2 protocols
+  assert all("--sweep_index=7" in c and "--config.train.steps=50" in c
+             and "--config.criterion.every=0" in c for c in calls)
+  assert sorted(a["rows"][0]["single_runs_s"]) == [10.0] * 3
+  now, before = a["rows"]
+  assert now["ratio"] == 30.0 / 20.0 and before["ratio"] == 30.0 / 30.0
+  assert "| now | 30.0 | 20.0 | 1.50× |" in a["markdown"]
+  assert "now against before: 1.50×" in a["markdown"]
 
 
 def test_minimal_step_script_times_posenc_beside_a_hand_written_encoder():
@@ -177,7 +212,8 @@ def test_bucket_timing_also_runs_with_glibcs_default_allocator_in_a_child(tmp_pa
   the steps ran before posenc/host_memory.py) and the ratios against that "before"."""
   out = tmp_path / "b.json"
   cmd = [sys.executable, "scripts/benchmark.py", "--buckets=smoke", "--buckets_only",
-         "--num_buckets=2", "--steps=1", "--warmup=1", "--rounds=1", f"--out={out}"]
+         "--num_buckets=2", "--compare_buckets=0", "--steps=1", "--warmup=1", "--rounds=1",
+         f"--out={out}"]
   env = {**os.environ, "POSENC_MALLOC": "sync"}
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]

@@ -268,7 +268,7 @@ def test_bucketed_run_resumes_bit_identically(tmp_path):
 
 
 def test_num_buckets_is_checked_and_a_resumable_field():
-  for bad in (0, -2):  # ml_collections refuses values of another type by itself
+  for bad in (-1, -2):  # ml_collections refuses values of another type by itself
     with pytest.raises(ConfigError, match=r"config\.train\.num_buckets"):
       train.setup(helpers.config("sinusoidal", **{"train.num_buckets": bad}))
   a = helpers.config("sinusoidal", **{"train.num_buckets": 1})
@@ -288,3 +288,93 @@ def test_num_buckets_is_in_the_config_hash():
   c = helpers.config("sinusoidal", **{"eval.micro_batch": 2, "train.num_buckets": 1})
   c.plots = True
   assert config_hash(c) == config_hash(a)  # how evaluation is split and plots: not results
+
+
+# ----------------------------------------------------------------------------- shared lengths
+
+
+def _run_programs(c, steps):
+  """``steps`` training steps of ``c`` through the run's own programs (train.step_programs)."""
+  s = train.setup(c)
+  keys = train.root_keys(c.seed, c.num_seeds)
+  state = train.initial_state(s, keys["init"])
+  progs = train.step_programs(s, keys["train"], 0)
+  lengths = []
+  for t in range(steps):
+    state, m = progs.run(state, keys["train"], t)
+    lengths.append(np.asarray(m["length"]))
+  return s, progs, jax.device_get(state["params"]), np.stack(lengths)
+
+
+def test_seeds_that_share_their_lengths_equal_their_single_runs():
+  """train.length_seed: every seed draws seed s's step lengths, so seeds in one program pad as
+  one run does (each bucket's program, not the group's longest); seed k is then the single run
+  with seed k and the same length_seed: the same lengths, and the same parameters up to the
+  float noise that tests/test_scale.py allows any seeded program (bit for bit outside this
+  suite's XLA flags, measured)."""
+  from tests.test_scale import _assert_same_params
+  shared = {"train.num_buckets": 3, "train.length_seed": 0, "train.steps": 6}
+  s, progs, both, lengths = _run_programs(helpers.config(
+      "sinusoidal", num_seeds=2, seed=3, seed_loop="map", **shared), 6)
+  assert len(progs.buckets) > 1
+  assert (lengths[:, 0] == lengths[:, 1]).all()  # one draw for both seeds
+  # the draw is seed 0's own (a single run with seed 0 and per-seed lengths draws it too)
+  own = train.length_schedule(train.root_keys(0)["train"], 0, 6, len(s.train_lengths))
+  np.testing.assert_array_equal(lengths[:, 0], np.asarray(s.train_lengths)[own])
+  for k, seed in enumerate((3, 4)):
+    _, _, one, one_lengths = _run_programs(helpers.config("sinusoidal", seed=seed, **shared), 6)
+    np.testing.assert_array_equal(one_lengths, lengths[:, k])
+    _assert_same_params(jax.tree_util.tree_map(lambda x: x[k], both), one)
+
+
+def test_length_seed_is_checked_and_hashed_only_when_set():
+  from posenc.setup import config_hash
+  with pytest.raises(ConfigError, match=r"config\.train\.length_seed"):
+    train.setup(helpers.config("sinusoidal", **{"train.length_seed": -2}))
+  a = helpers.config("sinusoidal")
+  b = helpers.config("sinusoidal")
+  del b.train["length_seed"]  # a config from before the field existed
+  assert config_hash(a) == config_hash(b)  # runs made before it keep their names
+  assert config_hash(helpers.config("sinusoidal", **{"train.length_seed": 0})) != config_hash(a)
+
+
+def test_automatic_buckets_finish_the_run_soonest_by_the_cost_model():
+  """train.num_buckets = 0: a short run gets one program (padded to its longest sequence, not
+  the one program's rounded length), a long one a program per training length; the choice is
+  the cost model's fastest, compiling included."""
+  from posenc import setup as setup_lib
+  short = train.setup(helpers.config("sinusoidal", **{"train.num_buckets": 0}))
+  assert short.num_train_buckets == 1
+  long_c = helpers.config("sinusoidal", "paper", **{"train.num_buckets": 0})
+  long_s = train.setup(long_c)
+  assert long_s.num_train_buckets == len(long_s.train_lengths)  # 1M steps: one per length
+  assert [g for g, _ in long_s.train_buckets()] == [(l,) for l in long_s.train_lengths]
+  mid_c = helpers.config("sinusoidal", "default", **{"train.num_buckets": 0})
+  mid = train.setup(mid_c)
+  plans = data_lib.bucket_plans(mid.task, mid.train_lengths, 64)
+  totals = [sum(setup_lib.projected_training_s(mid_c, p, mid.train_lengths)) for p in plans]
+  assert mid.num_train_buckets == int(np.argmin(totals)) + 1
+  assert 1 < mid.num_train_buckets < len(mid.train_lengths)
+  # every plan is train_buckets' own split for that count
+  for k, plan in enumerate(plans[:6], start=1):
+    assert plan == data_lib.train_buckets(mid.task, mid.train_lengths, k, multiple=1)
+  # seeds that draw their own lengths pad to the longest of a step's draws: buckets save less
+  own = helpers.config("sinusoidal", "default", num_seeds=5, **{"train.num_buckets": 0})
+  together = helpers.config("sinusoidal", "default", num_seeds=5,
+                            **{"train.num_buckets": 0, "train.length_seed": 0})
+  plan = mid.train_buckets()
+  assert (setup_lib.projected_training_s(own, plan, mid.train_lengths)[0]
+          > setup_lib.projected_training_s(together, plan, mid.train_lengths)[0])
+
+
+def test_one_automatic_program_runs_and_reports_its_padding(tmp_path):
+  logs = []
+  c = helpers.config("sinusoidal", **{"train.num_buckets": 0})
+  c.workdir = str(tmp_path / "auto")
+  r = train.train_and_evaluate(c, log=logs.append)
+  s = train.setup(c)
+  padded = s.train_buckets()[0][1]
+  assert padded < s.train_padded  # the longest sequence, not rounded up to a multiple of 8
+  assert any(f"compiled 1 training program (one per bucket of lengths, padded to {padded})" in l
+             for l in logs), logs
+  assert r["timing"]["train_programs"] == 1

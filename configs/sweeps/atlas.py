@@ -11,7 +11,7 @@ The sweep skips every point whose ``results.json`` was made with the point's con
 config hash), so it resumes the committed atlas over several sittings and workers.
 
 Points (``get_sweep``): one point per row × task, each a run of :data:`SEEDS` seeds in one
-program (``num_seeds``; seeds 0..4, each stopping at its own criterion and reporting its own
+program (``num_seeds``; seeds 0..5, each stopping at its own criterion and reporting its own
 results under ``seeds/seed<k>/``):
 
 * **encoder** (transducer, Delétang et al. 2023): every scheme whose ``MODES`` include
@@ -29,7 +29,8 @@ field                  encoder                     decoder
 =====================  ==========================  ==========================
 model                  2 layers, d = 64, 4 heads, FFN 128, no dropout (the default preset)
 layer norm             post-LN (the papers')       pre-LN (``configs/decoder.py``)
-training lengths       1–12, one program           1–12, one program
+training lengths       1–12, programs per bucket chosen from the cap (``num_buckets = 0``);
+                       every seed draws seed 0's step lengths (``length_seed = 0``)
 criterion              every 200 steps: the longest quarter of the training lengths (10–12),
                        128 held-out samples per length, ≥ 0.95 accuracy (decoder: exact match)
 cap                    :data:`STEPS` steps × batch 64; Adam 1e-3, 100 warm-up steps, constant
@@ -44,8 +45,10 @@ randomized positions   drawn from [0, 192) = 4 × the longest evaluated length (
   (``config.criterion``, ``posenc.criterion``) or the cap; a constant learning rate after
   warm-up, so a seed's schedule does not depend on the cap it may never reach. Rankings use
   learned seeds only (``experiments.stats``).
-* **Seeds.** 5 per cell (v1: 2, whose intervals were ±10 points), in one program: one compile
-  and one dispatch per step for five seeds.
+* **Seeds.** 6 per cell (v1: 2, whose intervals were ±10 points), in one program: on this
+  2-core CPU an even count splits over one device per core (3 seeds each), and six seeds that
+  share their step lengths finish a 1,000-step point sooner than five did on one device
+  (99 s against 111 s; docs/throughput.md).
 * **Evaluation.** 4 × the longest training length, 256 samples per length, the same samples
   for every seed and scheme of a task (``eval.seed = 1000``), so cells differ only by the model.
 * The pilot that sized the cap and its timings are in ``docs/atlas.md``.
@@ -56,7 +59,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.sweeps import sweep_config
-from posenc import sweeps
+from posenc import encodings, sweeps
 from posenc.errors import ConfigError
 
 # Two tasks per Chomsky level: R, DCF, CS (Delétang et al. 2023, Table 2's rows).
@@ -75,7 +78,7 @@ RANDOMIZED = ("sinusoidal", "transformer_xl", "alibi", "rope", "learned")
 TRAIN_MAX = 12
 EVAL_MAX = 4 * TRAIN_MAX
 STEPS = 6000   # the cap; most seeds stop earlier, at the criterion
-SEEDS = 5
+SEEDS = 6  # even: the seeds split over the 2 cores (posenc.seeds.seed_loop)
 # Settings of both forms (the encoder's values; decoder points override DECODER's keys).
 _SHARED = {
     "smoke": {"model.causal": False, "positions.max_position": 64, "num_seeds": 2,
@@ -83,7 +86,9 @@ _SHARED = {
     "default": {"model.causal": False, "task.train_max_length": TRAIN_MAX,
                 "num_seeds": SEEDS, "train.steps": STEPS, "train.batch_size": 64,
                 "train.schedule": "constant", "train.warmup_steps": 100,
-                "train.num_buckets": 1,
+                # programs per bucket of lengths chosen from the cap; the seeds draw seed 0's
+                # lengths, so that five seeds pad as one run (issue 40; docs/throughput.md)
+                "train.num_buckets": 0, "train.length_seed": 0,
                 "criterion.every": 200, "criterion.samples_per_length": 128,
                 "eval.max_length": EVAL_MAX, "eval.samples_per_length": 256,
                 "eval.batch_size": 128, "eval.num_buckets": 2, "eval.seed": 1000,
@@ -133,7 +138,11 @@ def get_sweep(config: ml_collections.ConfigDict) -> list[dict]:
           points.append({"scheme": scheme, "task.name": task, "seed": seed})
       for scheme in RANDOMIZED:
         if scheme in chosen and scheme in enc_schemes:
-          points.append({"scheme": scheme, "task.name": task, "seed": seed, **RANDOM})
+          # a position table (learned) needs a row for every position randomized training
+          # draws: [0, positions.max_position), every row of it trained
+          table = ({"encoding.max_len": 4 * EVAL_MAX}
+                   if "max_len" in encodings.get(scheme).options() else {})
+          points.append({"scheme": scheme, "task.name": task, "seed": seed, **RANDOM, **table})
     for task in dec_tasks:
       for scheme in dec_schemes:
         if scheme in chosen:
