@@ -432,7 +432,8 @@ def bench_atlas(args) -> dict:
   ``--atlas_before`` times the first v2 protocol too (one program padded to the rounded
   longest length, ``train.num_buckets = 1``, each seed drawing its own lengths)."""
   import tempfile
-  S = args.atlas_seeds
+  from configs.sweeps import atlas  # noqa: PLC0415
+  S = args.atlas_seeds or atlas.SEEDS
   variants = [("now", [])]
   if args.atlas_before:
     variants.append(("before", ["--config.train.num_buckets=1", "--config.train.length_seed=-1"]))
@@ -695,7 +696,8 @@ def main() -> None:
   p.add_argument("--atlas_point", type=int, default=84,
                  help="sweep point of configs/sweeps/atlas.py (84: RoPE on stack_manipulation)")
   p.add_argument("--atlas_steps", type=int, default=1000)
-  p.add_argument("--atlas_seeds", type=int, default=5)
+  p.add_argument("--atlas_seeds", type=int, default=0,
+                 help="seeds per point (0: the atlas's, configs/sweeps/atlas.py SEEDS)")
   p.add_argument("--atlas_before", action="store_true",
                  help="also time the first v2 protocol (one program, per-seed lengths)")
   p.add_argument("--seed_step_worker", type=int, default=0, help=argparse.SUPPRESS)
