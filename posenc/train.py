@@ -270,6 +270,7 @@ class StepPrograms:
   buckets: dict[int, Callable]
   schedule: np.ndarray | None
   padded: list[int]  # the padded length of each program of `buckets`, in order
+  chosen: str = ""  # with train.num_buckets = 0: what the cost model projected for the choice
 
   def compile(self, state: dict, key: jax.Array) -> None:
     """Compiles every bucket's program before the first step (side by side)."""
@@ -282,7 +283,7 @@ class StepPrograms:
       pads = ", ".join(str(p) for p in self.padded)
       n = len(self.buckets)
       return (f"compiled {n} training program{'s' if n > 1 else ''} (one per bucket of lengths, "
-              f"padded to {pads}) in {compile_s:.1f}s")
+              f"padded to {pads}) in {compile_s:.1f}s{self.chosen}")
     return f"compiled the training step in {compile_s:.1f}s"
 
 
@@ -311,7 +312,14 @@ def step_programs(s: Setup, key: jax.Array, start: int) -> StepPrograms:
   bucket_fns = {int(b): jit_step(make_train_step(s, int(b))) for b in np.unique(step_bucket)}
   run = lambda state, key, step: bucket_fns[step_bucket[step - start]](
       state, key, schedule[step - start])
-  return StepPrograms(run, bucket_fns, schedule, [plan[b][1] for b in bucket_fns])
+  chosen = ""
+  if not config.train.get("num_buckets", 1):
+    from posenc.setup import projected_training_s  # noqa: PLC0415
+    train_s, compile_s = projected_training_s(config, plan, s.train_lengths)
+    chosen = (f"; chosen from the run's length (train.num_buckets=0): the cost model projects "
+              f"{train_s:.0f}s of training to the cap and {compile_s:.0f}s of compiling, "
+              f"{100 * compile_s / (train_s + compile_s):.0f}%")
+  return StepPrograms(run, bucket_fns, schedule, [plan[b][1] for b in bucket_fns], chosen)
 
 
 # ----------------------------------------------------------------------------- the loop
