@@ -249,16 +249,18 @@ def _leaves(workdir):
   return jax.tree_util.tree_leaves(params)
 
 
-def test_bucketed_run_resumes_bit_identically(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"num_seeds": 2, "train.length_seed": 0}],
+                         ids=["one-seed", "seeds-sharing-lengths"])
+def test_bucketed_run_resumes_bit_identically(tmp_path, extra):
   logs = []
-  whole = helpers.config("sinusoidal", **{"train.steps": 6, "train.num_buckets": 2})
+  whole = helpers.config("sinusoidal", **{"train.steps": 6, "train.num_buckets": 2, **extra})
   whole.workdir = str(tmp_path / "whole")
   train.train_and_evaluate(whole, log=logs.append)
   assert any("compiled" in l and "training programs (one per bucket" in l for l in logs), logs
-  part = helpers.config("sinusoidal", **{"train.steps": 4, "train.num_buckets": 2})
+  part = helpers.config("sinusoidal", **{"train.steps": 4, "train.num_buckets": 2, **extra})
   part.workdir = str(tmp_path / "resumed")
   train.train_and_evaluate(part, log=lambda *_: None)
-  rest = helpers.config("sinusoidal", **{"train.steps": 6, "train.num_buckets": 2})
+  rest = helpers.config("sinusoidal", **{"train.steps": 6, "train.num_buckets": 2, **extra})
   rest.workdir = part.workdir
   logs = []
   train.train_and_evaluate(rest, log=logs.append)
