@@ -129,23 +129,19 @@ def projected_training_s(config: ml_collections.ConfigDict, plan, lengths,
   """``(training seconds, compile seconds)`` the cost model projects for ``train.steps`` steps
   with the training programs of ``plan`` (``[(lengths, padded)]``): each step costs its
   program's model FLOPs (6 × tokens × the matmul work per token, attention scores included)
-  over the backend's rate plus a fixed cost; seeds in one program that draw their own lengths
-  pad to the longest bucket of the step's draws (``train.length_seed = -1``), seeds that share
-  the draw pad as one. Compiling is counted one program after another (the run compiles them
-  side by side on the cores, but the choice must not depend on the core count)."""
+  over the backend's rate plus a fixed cost. Compiling is counted one program after another
+  (the run compiles them side by side on the cores, but the choice must not depend on the core
+  count). The projection is one seed's run, whatever ``num_seeds``: a seed's programs, and so
+  its padding and its bits, must not depend on how many seeds share its program."""
   backend = backend or jax.default_backend()
   m, t = config.model, config.train
-  S = config.get("num_seeds", 1)
-  share = S if config.train.get("length_seed", -1) < 0 else 1
   per_token = lambda p: m.num_layers * (4 * m.d_model ** 2 + 2 * m.d_model * m.d_ff
                                         + 2 * p * m.d_model)
-  step_s = lambda p: (6 * t.batch_size * S * p * per_token(p) / _STEP_FLOPS.get(backend, 3e10)
+  step_s = lambda p: (6 * t.batch_size * p * per_token(p) / _STEP_FLOPS.get(backend, 3e10)
                       + _STEP_FIXED_S.get(backend, 1e-3))
   n = len(lengths)
-  # the chance that a step's longest draw (over `share` independent seeds) falls in bucket b
-  below = np.cumsum([len(g) for g, _ in plan]) / n
-  p_max = np.diff(np.concatenate([[0.0], below ** share]))
-  mean_step = float(sum(p * step_s(pad) for p, (_, pad) in zip(p_max, plan)))
+  # each bucket runs its share of the steps (lengths drawn uniformly)
+  mean_step = float(sum(len(g) / n * step_s(pad) for g, pad in plan))
   compile_s = len(plan) * _COMPILE_S.get(backend, 6.0)
   return t.steps * mean_step, compile_s
 

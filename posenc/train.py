@@ -222,13 +222,12 @@ def make_train_step(s: Setup, bucket: int | None = None) -> Callable:
 
   mesh = data_mesh(s.config)
   batch_size = s.config.train.batch_size
-  shared = s.config.train.get("length_seed", -1) >= 0
-  shared_key = length_key(s.config, None) if shared else None
+  shared_key = length_key(s.config, None)  # None: each seed draws its own lengths
 
   def step_fn(state, key, index=None):
     k_len, k_data, k_drop = step_keys(key, state["step"])
     if index is None:
-      if shared:  # every seed draws the length of seed train.length_seed
+      if shared_key is not None:  # every seed draws the length of seed train.length_seed
         k_len = step_keys(shared_key, state["step"])[0]
       index = length_index(k_len, n)
     batch = batch_fn(k_data, index - lo)
@@ -317,7 +316,7 @@ def step_programs(s: Setup, key: jax.Array, start: int) -> StepPrograms:
     from posenc.setup import projected_training_s  # noqa: PLC0415
     train_s, compile_s = projected_training_s(config, plan, s.train_lengths)
     chosen = (f"; chosen from the run's length (train.num_buckets=0): the cost model projects "
-              f"{train_s:.0f}s of training to the cap and {compile_s:.0f}s of compiling, "
+              f"one seed's {train_s:.0f}s of training to the cap and {compile_s:.0f}s of compiling, "
               f"{100 * compile_s / (train_s + compile_s):.0f}%")
   return StepPrograms(run, bucket_fns, schedule, [plan[b][1] for b in bucket_fns], chosen)
 
