@@ -808,6 +808,61 @@ def _seed_text(counts: Iterable[int]) -> str:
           else f"{counts[0]}–{counts[-1]} seeds per cell")
 
 
+LEARNED_BAR = 0.9  # the atlas's requirement: this share of a ranked task's points learned
+
+
+def learned_rows(maps: Sequence[Heatmap]) -> list[dict[str, Any]]:
+  """Per form and task, how many points (scheme × task cells) learned in range.
+
+  A point counts as learned where at least half its seeds did (the cells the rankings use,
+  :attr:`experiments.stats.Cell.mostly_learned`). Learned flags belong to runs, not metrics, so
+  each form is read from its first heatmap (the decoder's greedy exact match where it has one:
+  its criterion's metric). Each row: ``form``, ``task``, ``points``, ``learned`` (points),
+  ``seeds``, ``seeds_learned``, ``ranked`` (some point learned: the task is in the rankings)
+  and ``meets_bar`` (ranked and at least :data:`LEARNED_BAR` of its points learned).
+  """
+  rows, seen = [], set()
+  ordered = sorted(maps, key=lambda h: (h.form, h.metric != "exact_match"))
+  for h in ordered:
+    if h.form in seen:
+      continue
+    seen.add(h.form)
+    for j, task in enumerate(h.tasks):
+      cells = [h.beyond_cells[i][j] or h.within_cells[i][j] for i in range(len(h.rows))]
+      cells = [c for c in cells if c is not None]
+      learned = sum(c.mostly_learned for c in cells)
+      rows.append({"form": h.form, "task": task, "points": len(cells), "learned": learned,
+                   "seeds": sum(c.total for c in cells),
+                   "seeds_learned": sum(c.n_learned for c in cells), "ranked": learned > 0,
+                   "meets_bar": learned > 0 and learned >= LEARNED_BAR * len(cells)})
+  order = {h.form: k for k, h in enumerate(maps)}
+  return sorted(rows, key=lambda r: order[r["form"]])
+
+
+def learned_markdown(maps: Sequence[Heatmap]) -> list[str]:
+  """The report's table of :func:`learned_rows`."""
+  rows = learned_rows(maps)
+  if not rows:
+    return []
+  parts = ["### Learned in range, per task", "",
+           "A point (one scheme × task, all its seeds) counts as learned where at least half its "
+           "seeds learned the task in range: the cells the rankings use. A task no point learned "
+           "is left out of the rankings (its beyond-range scores measure nothing); on a ranked "
+           f"task the atlas asks that at least {100 * LEARNED_BAR:g}% of the points learned.", "",
+           "| form | task | points learned | seeds learned | rankings |", "|---|---|---|---|---|"]
+  for r in rows:
+    share = r["learned"] / r["points"] if r["points"] else 0.0
+    if not r["ranked"]:
+      status = "left out: no point learned in range"
+    elif r["meets_bar"]:
+      status = f"ranked; ≥ {100 * LEARNED_BAR:g}% learned"
+    else:
+      status = f"ranked; below {100 * LEARNED_BAR:g}% learned"
+    parts.append(f"| {r['form']} | {r['task']} | {r['learned']} of {r['points']} "
+                 f"({100 * share:.0f}%) | {r['seeds_learned']} of {r['seeds']} | {status} |")
+  return parts + [""]
+
+
 def heatmap_markdown(maps: Sequence[Heatmap], folder: str = "heatmaps",
                      baselines: Mapping[tuple[str, str], Mapping[str, dict]] | None = None,
                      aggregates: bool = False) -> str:
@@ -833,6 +888,7 @@ def heatmap_markdown(maps: Sequence[Heatmap], folder: str = "heatmaps",
            "learned scheme ties. With 2 or 3 seeds an interval is the seeds' range. Colours "
            "(figures) run from chance to 100% per task: (value − chance) / (1 − chance), chance "
            "being 1 / the task's output vocabulary (0 for exact match).", ""]
+  parts += learned_markdown(maps)
   for h in maps:
     parts += [f"### {h.form}: {h.title}", "", f"![{h.form} {h.metric}]({folder}/{_heat_file(h)})",
               "", f"{_count(len(h.rows), 'row')} × {_count(len(h.tasks), 'task')}, "

@@ -233,6 +233,36 @@ def test_heatmap_values_chance_scaling_and_best_row(tmp_path):
           "interval starts at ≥ 10.0%) |") in md.split("### decoder: greedy")[1]
 
 
+def test_learned_share_per_task_names_the_tasks_below_the_bar(tmp_path):
+  _make_runs(str(tmp_path / "runs"))
+  runs = collect.label_runs(collect.find_runs([str(tmp_path / "runs")]), log=lambda *_: None)
+  maps = collect.heatmaps(runs)
+  rows = {(r["form"], r["task"]): r for r in collect.learned_rows(maps)}
+  assert list(rows) == [("encoder", "parity_check"), ("encoder", "bucket_sort"),
+                        ("decoder", "parity_check"), ("decoder", "copy")]
+  # encoder parity: only rope's cell learned (2/2); alibi and rope [randomized] 0/2
+  assert {k: rows[("encoder", "parity_check")][k] for k in
+          ("points", "learned", "seeds", "seeds_learned", "ranked", "meets_bar")} == {
+              "points": 3, "learned": 1, "seeds": 6, "seeds_learned": 2, "ranked": True,
+              "meets_bar": False}
+  assert rows[("encoder", "bucket_sort")]["learned"] == 3 and rows[("encoder", "bucket_sort")]["meets_bar"]
+  # decoder: learned by greedy exact match; rope's copy 1 of 2 seeds is half: the point counts
+  assert (rows[("decoder", "copy")]["learned"], rows[("decoder", "copy")]["points"]) == (1, 2)
+  assert rows[("decoder", "parity_check")]["meets_bar"]
+  md = "\n".join(collect.learned_markdown(maps))
+  assert "| encoder | parity_check | 1 of 3 (33%) | 2 of 6 | ranked; below 90% learned |" in md
+  assert "| encoder | bucket_sort | 3 of 3 (100%) | 6 of 6 | ranked; ≥ 90% learned |" in md
+  assert "| decoder | copy | 1 of 2 (50%) | 1 of 4 | ranked; below 90% learned |" in md
+  # a task no point learned is named as left out of the rankings
+  for c in (h.beyond_cells[i][j] for h in maps for i in range(len(h.rows))
+            for j in range(len(h.tasks)) if h.tasks[j] == "bucket_sort"):
+    if c is not None:
+      c.learned.update({k: False for k in c.learned})
+  md = "\n".join(collect.learned_markdown(maps))
+  assert "| encoder | bucket_sort | 0 of 3 (0%) | 0 of 6 | left out: no point learned in range |" in md
+  assert "### Learned in range, per task" in collect.heatmap_markdown(collect.heatmaps(runs))
+
+
 def test_heatmap_figure_hatches_unlearned_cells_and_boxes_best_and_tied(tmp_path):
   _make_runs(str(tmp_path / "runs"))
   runs = collect.label_runs(collect.find_runs([str(tmp_path / "runs")]), log=lambda *_: None)
