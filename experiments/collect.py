@@ -28,6 +28,9 @@ Writes to ``--out``:
   table with ties open ``results.md``; with ``--baselines`` (or ``"baselines": true``) also the
   rules of experiments.baselines per task; with ``--aggregates`` (or ``"aggregates": true``) a
   section "Published aggregates, computed their way" (:func:`aggregates_markdown`).
+* ``baselines.json`` (with ``--baselines``) — the rules' full scores per form and task, each with
+  the SHA-256 of the config.json it was computed from: a later collect reads an entry back
+  where that config is unchanged instead of scoring the rules again.
 * ``results_cells.csv`` — one row per form, metric, scheme row, task and range: seeds, mean,
   95% bootstrap interval, max, seeds learned / seeds, rank and best / tied mark. ``results.csv``
   carries each run's ``learned`` (and how it was decided).
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -1170,22 +1174,69 @@ def _module_baselines(config_path: str) -> dict[str, dict]:
   return baselines_lib.baseline_results(config)
 
 
+BASELINES_FILE = "baselines.json"
+
+
+def _config_digest(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _read_baselines_cache(path: str | None) -> dict[str, dict]:
+  """``report/baselines.json`` as :func:`compute_baselines` wrote it; ``{}`` where it is
+  missing or unreadable (then every entry is computed again)."""
+  if not path or not os.path.isfile(path):
+    return {}
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except ValueError:
+    return {}
+  return data if isinstance(data, dict) else {}
+
+
 def compute_baselines(runs: Sequence[Run], compute: Callable[[str], dict] | None = None,
-                      log=print) -> dict[tuple[str, str], dict[str, dict]]:
+                      log=print, cache: str | None = None) -> dict[tuple[str, str], dict[str, dict]]:
   """``(form, task) -> rule -> results`` from the first run (by path) of each form and task that
   has a config.json; ``compute`` maps a config.json path to the rules' results
-  (default: experiments.baselines). A task the rules do not cover is left out, with a warning."""
+  (default: experiments.baselines). A task the rules do not cover is left out, with a warning.
+
+  ``cache``: a JSON file (the report's ``baselines.json``) holding each entry with the SHA-256 of
+  the config.json it was computed from; an entry whose run and config bytes are unchanged is
+  read from it instead of computed again, and the file is rewritten (atomically) with exactly
+  the entries returned. The rules' scores are a function of that config alone
+  (experiments.baselines), so reading them back gives the same report bytes.
+  """
   compute = compute or _module_baselines
   first: dict[tuple[str, str], Run] = {}
   for r in sorted(runs, key=lambda r: r.path):
     if not r.is_lm and r.config_path:
       first.setdefault((_form(r), r.task), r)
-  out = {}
+  known = _read_baselines_cache(cache)
+  out, kept = {}, {}
   for key, r in sorted(first.items()):
-    try:
-      out[key] = compute(r.config_path)
-    except Exception as e:  # noqa: BLE001 — a task without baselines is left out, said once
-      log(f"warning: no baselines for {key[0]} {key[1]} ({r.config_path}): {type(e).__name__}: {e}")
+    name = f"{key[0]}/{key[1]}"
+    digest = _config_digest(r.config_path)
+    entry = known.get(name)
+    if isinstance(entry, dict) and entry.get("config_sha256") == digest and "rules" in entry:
+      out[key] = entry["rules"]
+    else:
+      try:
+        out[key] = compute(r.config_path)
+      except Exception as e:  # noqa: BLE001 — a task without baselines is left out, said once
+        log(f"warning: no baselines for {key[0]} {key[1]} ({r.config_path}): "
+            f"{type(e).__name__}: {e}")
+        continue
+    where = (os.path.relpath(r.config_path, os.path.dirname(os.path.abspath(cache)))
+             if cache else r.config_path)
+    kept[name] = {"config": where.replace(os.sep, "/"),
+                  "config_sha256": digest, "rules": out[key]}
+  if cache:
+    tmp = cache + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(kept, f, indent=1, sort_keys=True)
+      f.write("\n")
+    os.replace(tmp, cache)
   return out
 
 
@@ -1287,7 +1338,13 @@ def collect(dirs: Sequence[str], out_dir: str, fold: Sequence[str] = (), log=pri
   write_csv(runs, out_dir, fold)
   rules = None
   if heatmap and baselines and runs:
-    rules = compute_baselines(runs, None if baselines is True else baselines, log=log)
+    # experiments.baselines' scores are kept in the report (report/baselines.json) with the
+    # config each came from, so a rebuild computes only what changed
+    rules = compute_baselines(runs, None if baselines is True else baselines, log=log,
+                              cache=os.path.join(out_dir, BASELINES_FILE) if baselines is True
+                              else None)
+  elif os.path.isfile(os.path.join(out_dir, BASELINES_FILE)):
+    os.remove(os.path.join(out_dir, BASELINES_FILE))  # collect's own, from a run with baselines
   text = report_text(runs, heatmap, rules, aggregates)
   with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(text)

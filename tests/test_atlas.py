@@ -348,8 +348,11 @@ def test_committed_report_is_what_collect_makes_of_the_committed_points(tmp_path
     pytest.skip(f"git ls-files unavailable: {listed.stderr.strip()}")
   tracked = listed.stdout.split()
   clone = tmp_path / "experiments" / "atlas"
+  # the points, and the baselines' scores the report keeps with the config each came from
+  # (checked against a fresh computation in the test below)
+  kept = "experiments/atlas/report/" + collect.BASELINES_FILE
   for path in tracked:
-    if not path.startswith("experiments/atlas/report/"):
+    if not path.startswith("experiments/atlas/report/") or path == kept:
       (tmp_path / os.path.dirname(path)).mkdir(parents=True, exist_ok=True)
       shutil.copyfile(os.path.join(ROOT, path), tmp_path / path)
   settings = collect.read_settings(str(clone))
@@ -359,6 +362,22 @@ def test_committed_report_is_what_collect_makes_of_the_committed_points(tmp_path
   assert made == sorted(report)
   assert [p for p in report
           if (tmp_path / p).read_bytes() != open(os.path.join(ROOT, p), "rb").read()] == []
+
+
+def test_committed_baselines_are_what_the_rules_score_on_their_config():
+  """The report's baselines.json is read back by collect where a config is unchanged: its
+  entries must be experiments.baselines' scores of that config (one encoder entry recomputed,
+  the cheapest kind: no greedy decoding)."""
+  report = os.path.join(ROOT, "experiments", "atlas", "report")
+  with open(os.path.join(report, collect.BASELINES_FILE)) as f:
+    kept = json.load(f)
+  assert kept, "the atlas report keeps no baselines"
+  name = sorted(kept, key=lambda k: (not k.startswith("encoder/"), k))[0]
+  entry = kept[name]
+  config_path = os.path.join(report, entry["config"])
+  assert collect._config_digest(config_path) == entry["config_sha256"]
+  fresh = collect._module_baselines(config_path)
+  assert json.dumps(fresh, sort_keys=True) == json.dumps(entry["rules"], sort_keys=True)
 
 
 def _files(folder):
@@ -654,6 +673,46 @@ def test_baselines_join_each_heatmap_when_asked(tmp_path):
   (tmp_path / "runs" / "collect.json").write_text('{"baselines": "yes"}')
   with pytest.raises(ValueError, match="baselines must be true or false"):
     collect.read_settings(str(tmp_path / "runs"))
+
+
+def test_baselines_are_kept_in_the_report_and_recomputed_only_where_the_config_changed(tmp_path):
+  _make_runs(str(tmp_path / "runs"))
+  runs = collect.label_runs(collect.find_runs([str(tmp_path / "runs")]), log=lambda *_: None)
+  asked = []
+
+  def fake(config_path):
+    asked.append(os.path.relpath(config_path, tmp_path / "runs"))
+    with open(config_path) as f:
+      seed = json.load(f)["seed"]
+    return {"chance": {"in_range_score": 0.5, "out_of_range_score": 0.25 + seed,
+                       "per_length": {"1": float("nan"), "2": 1 / 3}}}
+
+  cache = str(tmp_path / "report" / "baselines.json")
+  os.makedirs(os.path.dirname(cache))
+  first = collect.compute_baselines(runs, fake, log=lambda *_: None, cache=cache)
+  assert len(asked) == 4
+  kept = json.load(open(cache))
+  assert sorted(kept) == ["decoder/copy", "decoder/parity_check", "encoder/bucket_sort",
+                          "encoder/parity_check"]
+  assert kept["encoder/bucket_sort"]["config"] == "../runs/alibi-bucket_sort-seed0/config.json"
+  before = open(cache, "rb").read()
+  again = collect.compute_baselines(runs, fake, log=lambda *_: None, cache=cache)
+  assert len(asked) == 4 and open(cache, "rb").read() == before  # read back, nothing computed
+  assert sorted(again) == sorted(first)
+  assert all(json.dumps(again[k], sort_keys=True) == json.dumps(first[k], sort_keys=True)
+             for k in first)  # NaN included
+  # a changed config is scored again; the others are read back
+  path = tmp_path / "runs" / "alibi-bucket_sort-seed0" / "config.json"
+  config = json.load(open(path))
+  config["seed"] = 9
+  path.write_text(json.dumps(config))
+  third = collect.compute_baselines(runs, fake, log=lambda *_: None, cache=cache)
+  assert asked[4:] == ["alibi-bucket_sort-seed0/config.json"]
+  assert third[("encoder", "bucket_sort")]["chance"]["out_of_range_score"] == 9.25
+  # a damaged file is not trusted: everything is computed again
+  open(cache, "w").write("{not json")
+  collect.compute_baselines(runs, fake, log=lambda *_: None, cache=cache)
+  assert len(asked) == 9
 
 
 # ----------------------------------------------------------------------------- published aggregates

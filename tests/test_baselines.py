@@ -259,6 +259,20 @@ def test_several_seeds_give_the_mean_curve():
   assert one[0]["bag_posterior"]["per_length"] != one[1]["bag_posterior"]["per_length"]
 
 
+def test_seeds_sharing_a_fixed_evaluation_set_are_scored_once(monkeypatch):
+  """With ``eval.seed`` fixed every seed scores the same samples: they are drawn and scored once,
+  and the result is the single seed's exactly."""
+  single = baselines.baseline_results(helpers.config("sinusoidal", **{
+      "task.name": "even_pairs", "eval.seed": 7}))
+  drawn = []
+  real = baselines.eval_batches
+  monkeypatch.setattr(baselines, "eval_batches", lambda s, key: drawn.append(1) or real(s, key))
+  three = baselines.baseline_results(helpers.config("sinusoidal", **{
+      "task.name": "even_pairs", "eval.seed": 7, "seed": 2, "num_seeds": 3, "seed_loop": "map"}))
+  assert len(drawn) == 1
+  assert three == single
+
+
 def test_command_line_prints_the_table():
   out = subprocess.run(
       [sys.executable, "-m", "experiments.baselines", "--config=configs/decoder.py:smoke",
