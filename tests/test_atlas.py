@@ -506,12 +506,13 @@ def test_atlas_sweep_config_prunes_and_its_folder_keeps_only_small_files():
   m = _module()
   assert m.get_config().sweep.prune_finished and m.get_config().workdir == "experiments/atlas"
   with open(os.path.join(ATLAS_DIR, "collect.json")) as f:
-    assert json.load(f) == {"aggregates": True, "heatmap": True}
+    assert json.load(f) == {"aggregates": True, "baselines": True, "heatmap": True}
   point = "experiments/atlas/rope-parity_check-seed0"
   kept = [f"{point}/results.json", f"{point}/config.json", f"{point}/DONE",
           "experiments/atlas/report/results.md", "experiments/atlas/report/results.csv",
           "experiments/atlas/report/heatmaps/encoder_accuracy.png",
-          "experiments/atlas/report/plots/copy.png", "experiments/atlas/collect.json"]
+          "experiments/atlas/report/plots/copy.png", "experiments/atlas/report/baselines.json",
+          "experiments/atlas/collect.json"]
   dropped = [f"{point}/checkpoints/300/x", f"{point}/tensorboard/events", f"{point}/metrics.jsonl",
              f"{point}/plots/accuracy.png", f"{point}/.lock", "experiments/atlas/.jax_cache/k"]
   out = subprocess.run(["git", "check-ignore", "--no-index", "--verbose", "--non-matching",
