@@ -64,7 +64,12 @@ def seed_loop(config: ml_collections.ConfigDict) -> str:
   step against 85 ms mapped on one device.
 
   ``auto``: ``shard`` on a CPU with more than one device to share the seeds, else ``map``
-  on a CPU and ``vmap`` on accelerators (whose devices then split the batch).
+  on a CPU and ``vmap`` on accelerators (whose devices then split the batch). A scheme that
+  cannot run inside ``shard_map`` (``SHARD_MAP = False``: FLOATER) gets ``map`` on a CPU: its
+  partitioned form (``shard_spmd``, still available by name) puts a cross-device all-reduce in
+  every iteration of the ODE solver's while loop, and XLA's CPU collectives deadlocked there
+  once (atlas v2, FLOATER on even_pairs, 6 seeds on 2 devices, another process on the cores:
+  both device threads stopped at a rendezvous at step 400 and never resumed).
   """
   how = config.get("seed_loop", "auto")
   seeds = config.get("num_seeds", 1)
@@ -72,7 +77,8 @@ def seed_loop(config: ml_collections.ConfigDict) -> str:
     if jax.default_backend() != "cpu":
       return "vmap"
     shardable = seeds > 1 and jax.process_count() == 1 and parallel.seed_devices(seeds) > 1
-    how = "shard" if shardable else "map"
+    shard_map_ok = getattr(encodings.get(config.encoding.name), "SHARD_MAP", True)
+    how = "shard" if shardable and shard_map_ok else "map"
   if how == "shard" and not getattr(encodings.get(config.encoding.name), "SHARD_MAP", True):
     return "shard_spmd"  # the same split without shard_map (see seeded)
   return how

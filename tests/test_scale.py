@@ -68,7 +68,8 @@ jax.config.update("jax_disable_most_optimizations", True)  # as in this suite (c
 from absl import logging; logging.set_verbosity(logging.ERROR)
 from posenc import train
 from tests import helpers
-c = helpers.config(sys.argv[4], num_seeds=2, seed=3)
+c = helpers.config(sys.argv[4], num_seeds=2, seed=3, seed_loop=sys.argv[5])
+auto_loop = train.seed_loop(helpers.config(sys.argv[4], num_seeds=2, seed=3))
 c.eval.micro_batch = 2  # evaluation in passes too (the single runs it is compared with: whole)
 c.workdir = sys.argv[1]
 if int(sys.argv[2]):  # stop after that many steps, then resume to the end (from the checkpoint)
@@ -80,13 +81,14 @@ r = train.train_and_evaluate(c, log=lines.append)
 import os
 print(json.dumps({"devices": devices, "cpu_devices": jax.device_count(),
                   "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                  "loop": train.seed_loop(c), "per_seed": r["in_range_score_per_seed"],
+                  "loop": train.seed_loop(c), "auto_loop": auto_loop, "per_seed": r["in_range_score_per_seed"],
                   "resumed": [l for l in lines if l.startswith("resumed")]}))
 """
 
 
-def _run_sharded(workdir, steps=0, scheme="sinusoidal"):
-  out = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT, str(workdir), str(steps), ROOT, scheme],
+def _run_sharded(workdir, steps=0, scheme="sinusoidal", seed_loop="auto"):
+  out = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT, str(workdir), str(steps), ROOT, scheme,
+                        seed_loop],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-2000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -124,10 +126,13 @@ def test_seeds_sharded_over_cpu_devices_equal_separate_runs_and_resume(tmp_path)
 
 
 def test_floater_seeds_sharded_without_shard_map_equal_separate_runs(tmp_path):
-  """FLOATER's ODE gradients cannot run inside shard_map (diffrax #765): its seeds take the
-  partitioned form (shard_spmd), with the same per-seed results."""
-  whole = _run_sharded(tmp_path / "whole", scheme="floater")
+  """FLOATER's ODE gradients cannot run inside shard_map (diffrax #765): asked to shard, its
+  seeds take the partitioned form (shard_spmd), with the same per-seed results. ``auto`` maps
+  them on one device instead (posenc.seeds.seed_loop: the partitioned solver's collectives
+  deadlocked once under load)."""
+  whole = _run_sharded(tmp_path / "whole", scheme="floater", seed_loop="shard")
   assert whole["devices"] == 2 and whole["loop"] == "shard_spmd"
+  assert whole["auto_loop"] == "map"
   _check_seeds_equal_single_runs(tmp_path, tmp_path / "whole", "floater")
 
 
