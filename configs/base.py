@@ -66,7 +66,7 @@ def get_config(arg: str | None = None, *, scheme: str = "sinusoidal",
   c.train.steps = 1_000_000
   c.train.batch_size = 128
   c.train.learning_rate = 1e-4
-  c.train.schedule = "constant"     # or "cosine"
+  c.train.schedule = "constant"     # or "cosine", or "rsqrt" (lr * sqrt(warmup / step) after warm-up)
   c.train.warmup_steps = 0
   c.train.weight_decay = 0.0
   c.train.grad_clip = 1.0

@@ -219,8 +219,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     raise ConfigError("config.model.activation", f"unknown {m.activation!r}; choose relu, gelu or silu")
   if m.dtype not in ("float32", "bfloat16"):
     raise ConfigError("config.model.dtype", f"unknown {m.dtype!r}; choose float32 or bfloat16")
-  if config.train.schedule not in ("constant", "cosine"):
-    raise ConfigError("config.train.schedule", f"unknown {config.train.schedule!r}; choose constant or cosine")
+  if config.train.schedule not in ("constant", "cosine", "rsqrt"):
+    raise ConfigError("config.train.schedule", f"unknown {config.train.schedule!r}; choose "
+                      "constant, cosine or rsqrt")
   if not isinstance(config.num_seeds, int) or config.num_seeds < 1:
     raise ConfigError("config.num_seeds", f"must be a positive integer, got {config.num_seeds!r}")
   if config.get("seed_loop", "auto") not in SEED_LOOPS:

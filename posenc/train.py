@@ -65,15 +65,29 @@ from posenc.setup import _config_diff, config_hash  # noqa: F401
 # ----------------------------------------------------------------------------- the state
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def learning_rate(config: ml_collections.ConfigDict) -> optax.ScalarOrSchedule:
+  """``config.train``'s learning rate: a float, or an optax schedule of the step."""
   t = config.train
   if t.schedule == "cosine":
     lr = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, max(t.warmup_steps, 1),
                                             max(t.steps, t.warmup_steps + 1), t.learning_rate * 0.01)
+  elif t.schedule == "rsqrt":
+    # linear warm-up, then lr * sqrt(warmup / step): decays without knowing the run's length,
+    # so a seed that stops at the criterion had the schedule it would have had under any cap
+    w = max(t.warmup_steps, 1)
+    lr = optax.join_schedules(
+        [optax.linear_schedule(0.0, t.learning_rate, w),
+         lambda n: t.learning_rate * jnp.sqrt(w / jnp.maximum(n + w, w))], [w])
   elif t.warmup_steps:
     lr = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
   else:
     lr = t.learning_rate
+  return lr
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  t = config.train
+  lr = learning_rate(config)
   parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip else []
   parts.append(optax.adamw(lr, weight_decay=t.weight_decay) if t.weight_decay else optax.adam(lr))
   return optax.chain(*parts)

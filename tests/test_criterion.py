@@ -181,3 +181,18 @@ def test_default_presets_train_to_the_criterion_and_lm_is_refused_one():
   with pytest.raises(ConfigError, match="config.criterion.every.*own evaluation protocol"):
     train.setup(lm)
 
+
+
+def test_rsqrt_schedule_warms_up_then_decays_without_knowing_the_cap():
+  """``train.schedule = "rsqrt"``: linear warm-up to the learning rate, then lr * sqrt(w / n) at
+  optimizer step n >= w: the same rates whatever ``train.steps`` (a seed stopped by the
+  criterion had the schedule it would have had under any cap)."""
+  for steps in (1000, 50_000):
+    c = helpers.config(SCHEME, **{"train.schedule": "rsqrt", "train.warmup_steps": 100,
+                                  "train.learning_rate": 2e-3, "train.steps": steps})
+    lr = train.learning_rate(c)
+    np.testing.assert_allclose([float(lr(n)) for n in (0, 50, 100, 300, 10_000)],
+                               [0.0, 1e-3, 2e-3, 2e-3 * np.sqrt(100 / 300), 2e-3 * 0.1], rtol=1e-6)
+  c = helpers.config(SCHEME, **{"train.schedule": "linear"})
+  with pytest.raises(ConfigError, match="config.train.schedule"):
+    train.train_and_evaluate(c, log=lambda *_: None)
