@@ -502,8 +502,11 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
     learned = sum(t is not None for t in tracker.learned_at)
     log(f"criterion: {learned} of {S} seed{'s' if S > 1 else ''} learned in range"
         + (f"; stopped at step {step}" if step < total else f" by step {step} (the cap)"))
-  return state, {"compile_s": compile_s, "train_s": time.perf_counter() - t_start,
-                 "train_programs": len(programs.buckets) or 1, "steps": step}, tracker
+  timing = {"compile_s": compile_s, "train_s": time.perf_counter() - t_start,
+            "train_programs": len(programs.buckets) or 1, "steps": step}
+  if S > 1:  # how the seeds shared the program (posenc.seeds.seed_loop), for the record
+    timing["seed_loop"] = seed_loop(s.config)
+  return state, timing, tracker
 
 
 # ----------------------------------------------------------------------------- the run

@@ -81,7 +81,8 @@ r = train.train_and_evaluate(c, log=lines.append)
 import os
 print(json.dumps({"devices": devices, "cpu_devices": jax.device_count(),
                   "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                  "loop": train.seed_loop(c), "auto_loop": auto_loop, "per_seed": r["in_range_score_per_seed"],
+                  "loop": train.seed_loop(c), "auto_loop": auto_loop,
+                  "recorded_loop": r["timing"].get("seed_loop"), "per_seed": r["in_range_score_per_seed"],
                   "resumed": [l for l in lines if l.startswith("resumed")]}))
 """
 
@@ -132,6 +133,7 @@ def test_floater_seeds_sharded_without_shard_map_equal_separate_runs(tmp_path):
   deadlocked once under load)."""
   whole = _run_sharded(tmp_path / "whole", scheme="floater", seed_loop="shard")
   assert whole["devices"] == 2 and whole["loop"] == "shard_spmd"
+  assert whole["recorded_loop"] == "shard_spmd"  # results.json says how the seeds ran
   assert whole["auto_loop"] == "map"
   _check_seeds_equal_single_runs(tmp_path, tmp_path / "whole", "floater")
 
