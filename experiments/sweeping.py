@@ -310,6 +310,24 @@ def summary(status: Mapping[str, Sequence[int]], mine: int, n: int,
              if failed else ""))
 
 
+def _duration(seconds: float) -> str:
+  if seconds < 90:
+    return f"{seconds:.0f}s"
+  return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
+def progress(spent: Sequence[float], left: int) -> str:
+  """The line after each point a sweep runs: how many of this worker's points are left (those
+  not finished when it started; other workers on the root may take some) and what they would
+  take at this sitting's mean time per point."""
+  mean = sum(spent) / len(spent)
+  ran = count(len(spent), "point")
+  if not left:
+    return f"sweep: {ran} run in {_duration(sum(spent))}; none of this worker's points left"
+  return (f"sweep: {ran} run in {_duration(sum(spent))} (mean {mean:.0f}s); {left} left, about "
+          f"{_duration(mean * left)} at that mean")
+
+
 def _fmt(v: float | None) -> str:
   return "n/a" if v is None else f"{v:.3f}"
 
@@ -336,6 +354,8 @@ def run_points(resolved: Sequence[tuple[dict[str, Any], ml_collections.ConfigDic
   width = len(str(n))
   status: dict[str, list[int]] = {"ran": [], "skipped": [], "elsewhere": [], "failed": []}
   mine = shard_indices(n, shard)
+  todo = {i for i in mine if not finished(resolved[i][1])}  # for the progress line's estimate
+  spent: list[float] = []
   for i in mine:
     point, config = resolved[i]
     tag = f"sweep [{i + 1:>{width}}/{n}]"
@@ -369,9 +389,11 @@ def run_points(resolved: Sequence[tuple[dict[str, Any], ml_collections.ConfigDic
     status["ran"].append(i)
     if prune and jax.process_index() == 0:
       store.prune(config.workdir, train.config_hash(config))
-    say(f"{tag} done in {time.perf_counter() - t0:.0f}s: {results['scheme']} on {results['task']} "
+    spent.append(time.perf_counter() - t0)
+    say(f"{tag} done in {spent[-1]:.0f}s: {results['scheme']} on {results['task']} "
         f"seed {results['seed']}: in-range {_fmt(results['in_range_score'])}, "
         f"beyond {_fmt(results['out_of_range_score'])}")
+    say(progress(spent, sum(1 for j in todo if j > i)))
   say(summary(status, len(mine), n, shard))
   return status
 

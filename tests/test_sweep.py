@@ -317,6 +317,9 @@ def test_tiny_local_sweep_runs_skips_finished_points_and_resumes(tmp_path, capsy
   quiet = lambda *_: None
   status = sweeping.run_points(resolved, log=quiet)
   assert status == {"ran": [0, 1], "skipped": [], "elsewhere": [], "failed": []}
+  out = capsys.readouterr().out
+  assert "sweep: 1 point run in " in out and "; 1 left, about " in out  # after the first point
+  assert "sweep: 2 points run in " in out and "none of this worker's points left" in out
   results = [tmp_path / f"{s}-parity_check-seed0" / "results.json" for s in ("learned", "sinusoidal")]
   assert [str(p.parent) for p in results] == [cfg.workdir for _, cfg in resolved]
   mtimes = [os.stat(p).st_mtime_ns for p in results]
