@@ -306,8 +306,7 @@ def baseline_results(config: ml_collections.ConfigDict) -> dict[str, dict]:
   per_seed, by_key = [], {}
   for k in range(int(config.num_seeds)):
     key = eval_key(config, k)
-    known = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                       else key).tobytes()
+    known = np.asarray(jax.random.key_data(key)).tobytes()
     if known not in by_key:
       sums: dict[str, dict[int, np.ndarray]] = {n: {} for n in names}
       for length, batch in eval_batches(s, key):

@@ -73,13 +73,13 @@ def seed_loop(config: ml_collections.ConfigDict) -> str:
   """
   how = config.get("seed_loop", "auto")
   seeds = config.get("num_seeds", 1)
+  shard_map_ok = getattr(encodings.get(config.encoding.name), "SHARD_MAP", True)
   if how == "auto":
     if jax.default_backend() != "cpu":
       return "vmap"
     shardable = seeds > 1 and jax.process_count() == 1 and parallel.seed_devices(seeds) > 1
-    shard_map_ok = getattr(encodings.get(config.encoding.name), "SHARD_MAP", True)
     how = "shard" if shardable and shard_map_ok else "map"
-  if how == "shard" and not getattr(encodings.get(config.encoding.name), "SHARD_MAP", True):
+  if how == "shard" and not shard_map_ok:
     return "shard_spmd"  # the same split without shard_map (see seeded)
   return how
 
