@@ -820,8 +820,8 @@ def learned_rows(maps: Sequence[Heatmap]) -> list[dict[str, Any]]:
 
   A point counts as learned where at least half its seeds did (the cells the rankings use,
   :attr:`experiments.stats.Cell.mostly_learned`). Learned flags belong to runs, not metrics, so
-  each form is read from its first heatmap (the decoder's greedy exact match where it has one:
-  its criterion's metric). Each row: ``form``, ``task``, ``points``, ``learned`` (points),
+  each form is read from one heatmap (the decoder's greedy exact match where it has one; any
+  metric gives the same flags). Each row: ``form``, ``task``, ``points``, ``learned`` (points),
   ``seeds``, ``seeds_learned``, ``ranked`` (some point learned: the task is in the rankings)
   and ``meets_bar`` (ranked and at least :data:`LEARNED_BAR` of its points learned).
   """
