@@ -721,6 +721,8 @@ class Heatmap:
   beyond_cells: list[list[st.Cell | None]] = dataclasses.field(default_factory=list)
   within_cells: list[list[st.Cell | None]] = dataclasses.field(default_factory=list)
   columns: list[st.Column] = dataclasses.field(default_factory=list)
+  # per task: how its runs were judged learned (Run.learned_by, distinct values joined by "; ")
+  criteria: list[str] = dataclasses.field(default_factory=list)
 
   def scaled(self, values: np.ndarray) -> np.ndarray:
     """``(value - chance) / (1 - chance)`` per task, clipped to [0, 1] (NaN stays NaN)."""
@@ -773,8 +775,10 @@ def heatmaps(runs: Sequence[Run]) -> list[Heatmap]:
                  for j in range(len(task_names))]
       if form == "decoder" and metric == "accuracy":
         title = "teacher-forced accuracy"
+      criteria = ["; ".join(sorted({r.learned_by for r in have if r.task == t and r.learned_by}))
+                  for t in task_names]
       out.append(Heatmap(form, metric, title, rows, task_names, beyond, within, seeds, floors,
-                         beyond_cells, within_cells, columns))
+                         beyond_cells, within_cells, columns, criteria))
   return out
 
 
@@ -822,8 +826,9 @@ def learned_rows(maps: Sequence[Heatmap]) -> list[dict[str, Any]]:
   :attr:`experiments.stats.Cell.mostly_learned`). Learned flags belong to runs, not metrics, so
   each form is read from one heatmap (the decoder's greedy exact match where it has one; any
   metric gives the same flags). Each row: ``form``, ``task``, ``points``, ``learned`` (points),
-  ``seeds``, ``seeds_learned``, ``ranked`` (some point learned: the task is in the rankings)
-  and ``meets_bar`` (ranked and at least :data:`LEARNED_BAR` of its points learned).
+  ``seeds``, ``seeds_learned``, ``ranked`` (some point learned: the task is in the rankings),
+  ``meets_bar`` (ranked and at least :data:`LEARNED_BAR` of its points learned) and
+  ``criterion`` (how its runs were judged: :attr:`Heatmap.criteria`).
   """
   rows, seen = [], set()
   ordered = sorted(maps, key=lambda h: (h.form, h.metric != "exact_match"))
@@ -838,7 +843,8 @@ def learned_rows(maps: Sequence[Heatmap]) -> list[dict[str, Any]]:
       rows.append({"form": h.form, "task": task, "points": len(cells), "learned": learned,
                    "seeds": sum(c.total for c in cells),
                    "seeds_learned": sum(c.n_learned for c in cells), "ranked": learned > 0,
-                   "meets_bar": learned > 0 and learned >= LEARNED_BAR * len(cells)})
+                   "meets_bar": learned > 0 and learned >= LEARNED_BAR * len(cells),
+                   "criterion": h.criteria[j] if j < len(h.criteria) else ""})
   order = {h.form: k for k, h in enumerate(maps)}
   return sorted(rows, key=lambda r: order[r["form"]])
 
@@ -853,7 +859,8 @@ def learned_markdown(maps: Sequence[Heatmap]) -> list[str]:
            "seeds learned the task in range: the cells the rankings use. A task no point learned "
            "is left out of the rankings (its beyond-range scores measure nothing); on a ranked "
            f"task the atlas asks that at least {100 * LEARNED_BAR:g}% of the points learned.", "",
-           "| form | task | points learned | seeds learned | rankings |", "|---|---|---|---|---|"]
+           "| form | task | points learned | seeds learned | rankings | learned when |",
+           "|---|---|---|---|---|---|"]
   for r in rows:
     share = r["learned"] / r["points"] if r["points"] else 0.0
     if not r["ranked"]:
@@ -863,7 +870,8 @@ def learned_markdown(maps: Sequence[Heatmap]) -> list[str]:
     else:
       status = f"ranked; below {100 * LEARNED_BAR:g}% learned"
     parts.append(f"| {r['form']} | {r['task']} | {r['learned']} of {r['points']} "
-                 f"({100 * share:.0f}%) | {r['seeds_learned']} of {r['seeds']} | {status} |")
+                 f"({100 * share:.0f}%) | {r['seeds_learned']} of {r['seeds']} | {status} "
+                 f"| {r['criterion'] or '–'} |")
   return parts + [""]
 
 

@@ -75,6 +75,26 @@ def learned_from_lengths(per_length: Mapping[int, float] | None, train_range: Se
   return float(np.mean(scores)) >= threshold
 
 
+_CRITERION_METRICS = {"accuracy": "per-token accuracy", "exact_match": "greedy exact match"}
+
+
+def criterion_text(criterion: Mapping[str, Any]) -> str:
+  """How a run's own criterion decided, from its ``results.json`` block: e.g. ``criterion:
+  per-token accuracy ≥ 0.95 at lengths 10–12``; just ``criterion`` where the block does not
+  say (the metric, threshold or lengths missing)."""
+  metric, threshold = criterion.get("metric"), criterion.get("threshold")
+  lengths = criterion.get("lengths")
+  if (metric not in _CRITERION_METRICS or not isinstance(threshold, (int, float))
+      or not isinstance(lengths, (list, tuple)) or not lengths):
+    return "criterion"
+  return (f"criterion: {_CRITERION_METRICS[metric]} ≥ {threshold:g} at "
+          f"{_span(min(lengths), max(lengths))}")
+
+
+def _span(lo: int, hi: int) -> str:
+  return f"length {lo}" if lo == hi else f"lengths {lo}–{hi}"
+
+
 def point_learned(results: Mapping[str, Any]) -> tuple[bool | None, str]:
   """Whether one run learned its task in range, and how that was decided.
 
@@ -89,7 +109,7 @@ def point_learned(results: Mapping[str, Any]) -> tuple[bool | None, str]:
   if criterion is not None:
     if not isinstance(criterion, Mapping) or not isinstance(criterion.get("learned"), bool):
       raise ValueError(f"criterion must be an object with a boolean 'learned', got {criterion!r}")
-    return criterion["learned"], "criterion"
+    return criterion["learned"], criterion_text(criterion)
   if isinstance(results.get("lm"), Mapping):
     return None, "language modelling"
   train_range = results.get("train_range")
@@ -104,8 +124,8 @@ def point_learned(results: Mapping[str, Any]) -> tuple[bool | None, str]:
   values = {int(k): (float("nan") if v is None else float(v)) for k, v in (per_length or {}).items()}
   learned = learned_from_lengths(values, (train_range[0], train_range[1]))
   if learned is None:
-    return None, f"no {metric} at lengths {lo}–{hi}"
-  return learned, f"{metric} ≥ {LEARNED_THRESHOLD:g} at lengths {lo}–{hi}"
+    return None, f"no {metric} at {_span(lo, hi)}"
+  return learned, f"{metric} ≥ {LEARNED_THRESHOLD:g} at {_span(lo, hi)}"
 
 
 # ----------------------------------------------------------------------------- intervals

@@ -252,7 +252,9 @@ def test_learned_share_per_task_names_the_tasks_below_the_bar(tmp_path):
   md = "\n".join(collect.learned_markdown(maps))
   assert "| encoder | parity_check | 1 of 3 (33%) | 2 of 6 | ranked; below 90% learned |" in md
   assert "| encoder | bucket_sort | 3 of 3 (100%) | 6 of 6 | ranked; ≥ 90% learned |" in md
-  assert "| decoder | copy | 1 of 2 (50%) | 1 of 4 | ranked; below 90% learned |" in md
+  assert ("| decoder | copy | 1 of 2 (50%) | 1 of 4 | ranked; below 90% learned "
+          "| greedy exact match ≥ 0.95 at length 3 |") in md  # how its seeds were judged
+  assert rows[("encoder", "bucket_sort")]["criterion"] == "accuracy ≥ 0.95 at length 3"
   # a task no point learned is named as left out of the rankings
   for c in (h.beyond_cells[i][j] for h in maps for i in range(len(h.rows))
             for j in range(len(h.tasks)) if h.tasks[j] == "bucket_sort"):
@@ -306,7 +308,7 @@ def test_cells_csv_and_results_csv_carry_intervals_and_learned(tmp_path):
   assert runs[("rope [encoder]", "bucket_sort", "1")]["learned"] == "1"
   assert runs[("alibi [encoder]", "parity_check", "0")]["learned"] == "0"
   assert runs[("rope [decoder]", "copy", "1")]["learned_by"] == (
-      "greedy exact match ≥ 0.95 at lengths 3–3")
+      "greedy exact match ≥ 0.95 at length 3")
 
 
 def test_collect_with_heatmaps_writes_the_same_bytes_twice_and_anywhere(tmp_path):

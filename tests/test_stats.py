@@ -110,8 +110,13 @@ def test_point_learned_from_criterion_greedy_or_accuracy():
   # The run's own criterion wins over both.
   decided = {**greedy, "criterion": {"learned": True, "step": 400, "threshold": 0.9,
                                      "metric": "exact_match", "lengths": [10, 11, 12], "curve": []}}
-  assert stats.point_learned(decided) == (True, "criterion")
-  assert stats.point_learned({**base, "criterion": {"learned": False, "step": None}})[0] is False
+  assert stats.point_learned(decided) == (
+      True, "criterion: greedy exact match ≥ 0.9 at lengths 10–12")
+  one = {**base, "criterion": {**decided["criterion"], "metric": "accuracy", "lengths": [6]}}
+  assert stats.point_learned(one) == (True, "criterion: per-token accuracy ≥ 0.9 at length 6")
+  # a block that does not say how it decided is still the run's decision
+  assert stats.point_learned({**base, "criterion": {"learned": False, "step": None}}) == (
+      False, "criterion")
   with pytest.raises(ValueError, match="boolean 'learned'"):
     stats.point_learned({**base, "criterion": {"learned": "yes"}})
   assert stats.point_learned({**base, "lm": {}}) == (None, "language modelling")
@@ -119,7 +124,7 @@ def test_point_learned_from_criterion_greedy_or_accuracy():
   assert stats.point_learned({"train_range": [1, 12], "per_length": {"30": 1.0}}) == (
       None, "no accuracy at lengths 10–12")
   nan = {"train_range": [1, 4], "per_length": {"4": None, "3": 1.0}}
-  assert stats.point_learned(nan) == (None, "no accuracy at lengths 4–4")
+  assert stats.point_learned(nan) == (None, "no accuracy at length 4")
 
 
 # ----------------------------------------------------------------------------- ranking
