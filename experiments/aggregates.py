@@ -115,6 +115,14 @@ def _mean_over_seeds(value) -> float:
   return float(np.mean(values))
 
 
+GAIN_DEFINITION = (
+    "absolute_points: mean over tasks of (randomized - plain) beyond-range accuracy, in "
+    "points; relative: mean over tasks of (randomized - plain) / plain (tasks with plain "
+    "= 0 left out); relative_of_means: (mean randomized - mean plain) / mean plain; each "
+    "task's score is the mean over its seeds. Ruoss et al.'s own aggregation of their "
+    "'12.0% on average' is not known.")
+
+
 def randomized_gain(plain: Mapping[str, float | Sequence[float]],
                     randomized: Mapping[str, float | Sequence[float]]) -> dict:
   """What randomized positions add beyond the training lengths, per task and averaged.
@@ -156,10 +164,5 @@ def randomized_gain(plain: Mapping[str, float | Sequence[float]],
       "absolute_points": float(np.mean([v["absolute_points"] for v in per_task.values()])),
       "relative": float(np.mean(rel)) if rel else None,
       "relative_of_means": (mean_r - mean_p) / mean_p if mean_p != 0 else None,
-      "definition": (
-          "absolute_points: mean over tasks of (randomized - plain) beyond-range accuracy, in "
-          "points; relative: mean over tasks of (randomized - plain) / plain (tasks with plain "
-          "= 0 left out); relative_of_means: (mean randomized - mean plain) / mean plain; each "
-          "task's score is the mean over its seeds. Ruoss et al.'s own aggregation of their "
-          "'12.0% on average' is not known."),
+      "definition": GAIN_DEFINITION,
   }

@@ -1042,23 +1042,35 @@ def randomized_gains(h: Heatmap) -> dict[str, dict]:
   """Per row of heatmap ``h`` (the encoder's accuracy) that has a randomized-positions twin
   (the same row name with ``randomized`` among its settings: ``rope`` and ``rope [randomized]``):
   experiments.aggregates.randomized_gain over the tasks where both have beyond-range values
-  (each task's per-seed values, averaged there), plus ``left_out`` (tasks only one of the two
-  rows has). Keyed by the plain row, in row order."""
+  and both learned in range (at least half their seeds, the cells the rankings use; each task's
+  per-seed values, averaged there), plus ``unlearned`` (task -> the two cells' means, where
+  either did not learn: a beyond-range score of such a model measures nothing, so the task
+  stays out of the aggregates, which are None where no task is left) and ``left_out`` (tasks
+  only one of the two rows has). Keyed by the plain row, in row order."""
   twins = {_plain_row(r): r for r in h.rows if _plain_row(r) in h.rows}
   out = {}
   for i, row in enumerate(h.rows):
     if row not in twins:
       continue
     k = h.rows.index(twins[row])
-    plain, randomized, left_out = {}, {}, []
+    plain, randomized, left_out, unlearned = {}, {}, [], {}
     for j, task in enumerate(h.tasks):
       a, b = h.beyond_cells[i][j], h.beyond_cells[k][j]
       if a is not None and b is not None and a.values and b.values:
-        plain[task], randomized[task] = list(a.values.values()), list(b.values.values())
+        if a.mostly_learned and b.mostly_learned:
+          plain[task], randomized[task] = list(a.values.values()), list(b.values.values())
+        else:
+          unlearned[task] = {"plain": a.mean, "randomized": b.mean}
       elif (a is not None and a.values) or (b is not None and b.values):
         left_out.append(task)
     if plain:
-      out[row] = {**agg.randomized_gain(plain, randomized), "left_out": left_out}
+      gain = agg.randomized_gain(plain, randomized)
+    elif unlearned:
+      gain = {"per_task": {}, "absolute_points": None, "relative": None,
+              "relative_of_means": None, "definition": agg.GAIN_DEFINITION}
+    else:
+      continue
+    out[row] = {**gain, "unlearned": unlearned, "left_out": left_out}
   return out
 
 
@@ -1115,11 +1127,16 @@ def aggregates_markdown(maps: Sequence[Heatmap]) -> list[str]:
   if not gains:
     parts += ["Not computed: no encoder scheme has both a plain and a `[randomized]` row.", ""]
   else:
-    tasks = [t for t in enc.tasks if any(t in g["per_task"] for g in gains.values())]
+    tasks = [t for t in enc.tasks
+             if any(t in g["per_task"] or t in g["unlearned"] for g in gains.values())]
     definition = next(iter(gains.values()))["definition"]
     parts += ["Per scheme with a plain (contiguous positions) and a `[randomized]` row, the "
-              "beyond-range accuracy of each, the mean over all its seeds (learned or not, as in "
-              "the heatmap); per task randomized − plain in points (plain → randomized, %). "
+              "beyond-range accuracy of each, the mean over all its seeds (as in the heatmap); "
+              "per task randomized − plain in points (plain → randomized, %). A task counts only "
+              "where both cells learned it in range (at least half their seeds, as the rankings "
+              "ask): elsewhere the cell reads \"not learned\" with both scores, and the task "
+              "stays out of the scheme's aggregates, since a beyond-range score of a model that "
+              "did not learn its task measures nothing. "
               f"Definition (experiments.aggregates.randomized_gain): {definition}", "",
               "Ruoss et al.'s abstract reports that randomized positions increase test accuracy "
               "\"by 12.0% on average\"; how that number is aggregated (absolute points or relative, "
@@ -1130,11 +1147,15 @@ def aggregates_markdown(maps: Sequence[Heatmap]) -> list[str]:
     for row, g in gains.items():
       cells = []
       for t in tasks:
-        v = g["per_task"].get(t)
-        cells.append("" if v is None else f"{_signed(v['absolute_points'])} "
-                     f"({_cell_pct(v['plain'])} → {_cell_pct(v['randomized'])})")
+        v, u = g["per_task"].get(t), g["unlearned"].get(t)
+        if u is not None:
+          cells.append(f"not learned ({_cell_pct(u['plain'])} → {_cell_pct(u['randomized'])})")
+        else:
+          cells.append("" if v is None else f"{_signed(v['absolute_points'])} "
+                       f"({_cell_pct(v['plain'])} → {_cell_pct(v['randomized'])})")
+      points = "–" if g["absolute_points"] is None else _signed(g["absolute_points"])
       parts.append(f"| {row} | " + " | ".join(cells)
-                   + f" | {_signed(g['absolute_points'])} | {_rel(g['relative'])} | "
+                   + f" | {points} | {_rel(g['relative'])} | "
                    f"{_rel(g['relative_of_means'])} | {', '.join(g['left_out']) or '–'} |")
     parts.append("")
   return parts

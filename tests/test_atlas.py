@@ -824,7 +824,21 @@ def test_published_aggregates_their_way_on_hand_made_runs(tmp_path):
   assert ("Not computed: no task to rank on; left out: copy (none of the five learned it in "
           "range).") in nothing
   assert "Not computed: no encoder scheme has both a plain and a `[randomized]` row." in nothing
-  assert "| rope | +12.0 (53.0 → 65.0) | +1.0 (94.0 → 95.0) |" in text
+  # rope [randomized] did not learn parity_check in range (0 of 2 seeds): shown, not counted
+  assert "| rope | not learned (53.0 → 65.0) | +1.0 (94.0 → 95.0) | +1.0 |" in text
+  few_gains = collect.randomized_gains(
+      next(h for h in collect.heatmaps(few) if (h.form, h.metric) == ("encoder", "accuracy")))
+  assert few_gains["rope"]["unlearned"] == {"parity_check": {"plain": pytest.approx(0.53),
+                                                             "randomized": pytest.approx(0.65)}}
+  assert list(few_gains["rope"]["per_task"]) == ["bucket_sort"]
+  # no task learned on both sides: the row stays, with no aggregate
+  enc = next(h for h in collect.heatmaps(few) if (h.form, h.metric) == ("encoder", "accuracy"))
+  cell = enc.beyond_cells[enc.rows.index("rope [randomized]")][enc.tasks.index("bucket_sort")]
+  cell.learned.update({k: False for k in cell.learned})
+  bare = collect.randomized_gains(enc)["rope"]
+  assert bare["per_task"] == {} and bare["absolute_points"] is None and bare["relative"] is None
+  assert ("| rope | not learned (53.0 → 65.0) | not learned (94.0 → 95.0) | – | – | – | – |"
+          in "\n".join(collect.aggregates_markdown([enc])))
 
   # Switched by collect.json's "aggregates" (or --aggregates), like the baselines.
   root = tmp_path / "runs"
