@@ -78,16 +78,20 @@ def learned_from_lengths(per_length: Mapping[int, float] | None, train_range: Se
 _CRITERION_METRICS = {"accuracy": "per-token accuracy", "exact_match": "greedy exact match"}
 
 
-def criterion_text(criterion: Mapping[str, Any]) -> str:
+def criterion_text(criterion: Mapping[str, Any], decoder: bool = False) -> str:
   """How a run's own criterion decided, from its ``results.json`` block: e.g. ``criterion:
-  per-token accuracy ≥ 0.95 at lengths 10–12``; just ``criterion`` where the block does not
-  say (the metric, threshold or lengths missing)."""
+  per-token accuracy ≥ 0.95 at lengths 10–12`` (a ``decoder``'s accuracy is teacher-forced, and
+  says so); just ``criterion`` where the block does not say (the metric, threshold or lengths
+  missing)."""
   metric, threshold = criterion.get("metric"), criterion.get("threshold")
   lengths = criterion.get("lengths")
   if (metric not in _CRITERION_METRICS or not isinstance(threshold, (int, float))
       or not isinstance(lengths, (list, tuple)) or not lengths):
     return "criterion"
-  return (f"criterion: {_CRITERION_METRICS[metric]} ≥ {threshold:g} at "
+  name = _CRITERION_METRICS[metric]
+  if decoder and metric == "accuracy":
+    name = "teacher-forced " + name
+  return (f"criterion: {name} ≥ {threshold:g} at "
           f"{_span(min(lengths), max(lengths))}")
 
 
@@ -109,7 +113,7 @@ def point_learned(results: Mapping[str, Any]) -> tuple[bool | None, str]:
   if criterion is not None:
     if not isinstance(criterion, Mapping) or not isinstance(criterion.get("learned"), bool):
       raise ValueError(f"criterion must be an object with a boolean 'learned', got {criterion!r}")
-    return criterion["learned"], criterion_text(criterion)
+    return criterion["learned"], criterion_text(criterion, results.get("mode") == "decoder")
   if isinstance(results.get("lm"), Mapping):
     return None, "language modelling"
   train_range = results.get("train_range")

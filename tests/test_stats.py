@@ -114,6 +114,10 @@ def test_point_learned_from_criterion_greedy_or_accuracy():
       True, "criterion: greedy exact match ≥ 0.9 at lengths 10–12")
   one = {**base, "criterion": {**decided["criterion"], "metric": "accuracy", "lengths": [6]}}
   assert stats.point_learned(one) == (True, "criterion: per-token accuracy ≥ 0.9 at length 6")
+  assert stats.point_learned({**one, "mode": "decoder"}) == (
+      True, "criterion: teacher-forced per-token accuracy ≥ 0.9 at length 6")
+  assert stats.point_learned({**decided, "mode": "decoder"})[1].startswith(
+      "criterion: greedy exact match")
   # a block that does not say how it decided is still the run's decision
   assert stats.point_learned({**base, "criterion": {"learned": False, "step": None}}) == (
       False, "criterion")
