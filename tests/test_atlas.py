@@ -17,6 +17,7 @@ import pytest
 
 from experiments import aggregates as aggregates_lib
 from experiments import collect, store, sweeping
+from posenc import criterion as criterion_lib
 from posenc import encodings, tasks, train, workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +65,11 @@ def test_atlas_points_cover_every_scheme_both_forms_and_randomized_positions():
   assert all(c.workdir.startswith("experiments/atlas/") for _, c in resolved)
   dec_config = next(c for p, c in resolved if p.get("model.causal"))
   assert dec_config.model.causal and dec_config.eval.greedy and dec_config.model.pre_ln
+  # one criterion in both forms: per-token accuracy (the decoder's teacher-forced), while the
+  # decoder's headline metric stays greedy exact match
+  enc_config = next(c for p, c in resolved if not p.get("model.causal"))
+  assert dec_config.criterion.metric == "accuracy"
+  assert criterion_lib.metric(enc_config) == criterion_lib.metric(dec_config) == "accuracy"
   rand_config = next(c for p, c in resolved if p.get("positions.kind") == "randomized")
   assert rand_config.positions.max_position >= rand_config.eval.max_length
 
