@@ -395,6 +395,12 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
   config = s.config
   total = config.train.steps
   S = config.num_seeds
+  mesh = data_mesh(config)
+  if mesh.size > 1:  # parameters and optimizer state replicated; the batch is split in the step
+    # before anything reads the state: a state restored from a checkpoint sits on one device,
+    # and the seeds frozen from it below (a run resumed at its criterion stop) are what the
+    # evaluation reads
+    state = jax.device_put(state, parallel.replicated(mesh))
   tracker = check = None
   frozen: dict[int, Any] = {}  # seed -> its state at the step it learned (several seeds)
   if criterion_lib.enabled(config):
@@ -429,9 +435,6 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
                                           tensorboard=False)
                   for k in range(config.num_seeds if config.num_seeds > 1 else 0)]
   progress = reporting.Progress(total, start)
-  mesh = data_mesh(config)
-  if mesh.size > 1:  # parameters and optimizer state replicated; the batch is split in the step
-    state = jax.device_put(state, parallel.replicated(mesh))
   programs = step_programs(s, key, start)
   log_parallelism(s, log)
   pending: list[dict] = []

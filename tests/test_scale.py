@@ -143,6 +143,45 @@ def test_floater_seeds_sharded_without_shard_map_equal_separate_runs(tmp_path):
   _check_seeds_equal_single_runs(tmp_path, tmp_path / "whole", "floater", which=(1,))
 
 
+_STOPPED_SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[2])
+from posenc import parallel
+parallel.provide_cpu_devices(2)
+import jax
+jax.config.update("jax_disable_most_optimizations", True)
+from absl import logging; logging.set_verbosity(logging.ERROR)
+from posenc import train
+from tests import helpers
+c = helpers.config("sinusoidal", num_seeds=2, seed_loop="map", **{
+    "criterion.every": 2, "criterion.threshold": 0.01, "train.steps": 8})
+c.workdir = sys.argv[1]
+first = train.train_and_evaluate(c, log=lambda *_: None)
+for name in ("results.json", "DONE"):  # as if killed during its evaluation
+  os.remove(os.path.join(c.workdir, name))
+lines = []
+again = train.train_and_evaluate(c, log=lines.append)
+print(json.dumps({"devices": jax.device_count(), "first": first["in_range_score_per_seed"],
+                  "again": again["in_range_score_per_seed"], "steps": again["steps_trained"],
+                  "resumed": [l for l in lines if l.startswith("resumed")]}))
+"""
+
+
+def test_seeds_mapped_over_a_two_device_batch_resume_at_their_criterion_stop(tmp_path):
+  """Seeds mapped on one device while the batch splits over two (FLOATER's way on a 2-core
+  CPU): a run killed in its evaluation after its seeds stopped at the criterion resumes at that
+  step straight into evaluation, with the same scores. (The restored state sat on one device
+  while the evaluation program is replicated over both: it failed, until the state was
+  replicated before the seeds were frozen from it.)"""
+  out = subprocess.run([sys.executable, "-c", _STOPPED_SCRIPT, str(tmp_path / "run"), ROOT],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-2000:]
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  assert got["devices"] == 2 and got["steps"] == 2
+  assert got["resumed"] == ["resumed from checkpoint at step 2"]
+  assert got["again"] == got["first"]
+
+
 def test_provide_cpu_devices_leaves_a_started_jax_alone():
   from posenc import parallel
   jax.numpy.zeros(1).block_until_ready()  # JAX is running in this process
