@@ -28,9 +28,14 @@ bit.
 Several seeds in one program: the program trains every seed until all have learned (or the
 cap). A seed that learns at step ``t_k`` keeps a copy of its state at ``t_k``; its copy is
 what is saved in later checkpoints, evaluated and reported, so each seed's parameters are
-those its single-seed run stops with, and each reports its own step. The steps the program
-spends on a seed after its criterion are wasted, but the program stays the unchanged one (no
-per-seed control flow in it), which is what makes the single-seed equality hold.
+those its single-seed run stops with, and each reports its own step. From ``t_k`` on the
+programs skip that seed's steps (``posenc.train.skippable``: a branch per seed, not taken in
+the ``lax.map`` seed loop of a CPU, so a device whose seeds have all learned idles rather
+than training them on); the branch taken is the step itself, and the seeds still training
+get the bits the unbranched program gives them (measured with XLA's default flags; under the
+test suite's flags, within its float tolerance). Its per-seed metrics end at ``t_k``. With
+``criterion.stop = False`` every seed trains to the cap and reports its state there, as its
+single run does.
 """
 
 from __future__ import annotations

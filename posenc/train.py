@@ -279,16 +279,20 @@ class StepPrograms:
   one program, which draws every step's length itself, they are empty and None.
   """
 
-  run: Callable  # run(state, key, step) -> (state, metrics): the program of 0-based step `step`
+  # run(state, key, step[, active]) -> (state, metrics): the program of 0-based step `step`;
+  # with `skips`, `active` ([S] bools, on the device) says which seeds the step trains
+  run: Callable
   buckets: dict[int, Callable]
   schedule: np.ndarray | None
   padded: list[int]  # the padded length of each program of `buckets`, in order
   chosen: str = ""  # with train.num_buckets = 0: what the cost model projected for the choice
+  skips: bool = False  # the programs take `active` (several seeds that stop at a criterion)
 
-  def compile(self, state: dict, key: jax.Array) -> None:
+  def compile(self, state: dict, key: jax.Array, active=None) -> None:
     """Compiles every bucket's program before the first step (side by side)."""
     if self.buckets:
-      compile_programs([lambda fn=fn: fn.lower(state, key, self.schedule[0])
+      extra = (active,) if self.skips else ()
+      compile_programs([lambda fn=fn: fn.lower(state, key, *extra, self.schedule[0])
                         for fn in self.buckets.values()])
 
   def compiled_line(self, compile_s: float) -> str:
@@ -300,20 +304,42 @@ class StepPrograms:
     return f"compiled the training step in {compile_s:.1f}s"
 
 
-def step_programs(s: Setup, key: jax.Array, start: int) -> StepPrograms:
+def skippable(step: Callable) -> Callable:
+  """``step(state, key, *rest)`` as ``fn(state, key, active, *rest)``: with ``active`` false
+  the step does nothing (the state comes back as it was, the metrics are zeros).
+
+  For several seeds that stop at a criterion (:func:`step_programs` with ``skip``): a seed that
+  has learned keeps its state from then on, so its steps are not computed. Inside a ``lax.map``
+  (the seed loop on a CPU) the branch is not taken at all; vmapped seeds compute both branches
+  and select. The taken branch is the step itself, operation for operation: a seed still
+  training gets the bits it gets without the branch (tests/test_criterion.py)."""
+  def fn(state, key, active, *rest):
+    train = lambda: step(state, key, *rest)
+    metrics = jax.eval_shape(train)[1]
+    rest_of_it = lambda: (state, jax.tree_util.tree_map(
+        lambda m: jnp.zeros(m.shape, m.dtype), metrics))
+    return jax.lax.cond(active, train, rest_of_it)
+  return fn
+
+
+def step_programs(s: Setup, key: jax.Array, start: int, skip: bool = False) -> StepPrograms:
   """The training programs of steps ``start..train.steps-1`` (``key``: the training key),
-  jitted with the state donated and over the run's seeds; not yet compiled."""
+  jitted with the state donated and over the run's seeds; not yet compiled. ``skip`` (several
+  seeds): each program also takes which seeds to train (:func:`skippable`)."""
   config = s.config
   S = config.num_seeds
+  skip = skip and S > 1
   mesh = data_mesh(config)
   rep = parallel.replicated(mesh)
-  jit_step = lambda fn: jax.jit(seeded(fn, S, seed_loop(config)), donate_argnums=0,
+  wrap = skippable if skip else (lambda fn: fn)
+  jit_step = lambda fn: jax.jit(seeded(wrap(fn), S, seed_loop(config)), donate_argnums=0,
                                 out_shardings=(rep, rep) if mesh.size > 1 else None)
   plan = s.train_buckets()
   if len(plan) == 1 and config.train.get("num_buckets", 1) == 1:
     # one program padded to s.train_padded; it draws each step's length itself
     one = jit_step(make_train_step(s))
-    return StepPrograms(lambda state, key, step: one(state, key), {}, None, [])
+    return StepPrograms(lambda state, key, step, *active: one(state, key, *active), {}, None, [],
+                        skips=skip)
   # a program per bucket of lengths (padded to the bucket's longest sequence), picked by the
   # host from the length schedule
   schedule = length_schedule(length_key(config, key), start, config.train.steps,
@@ -323,8 +349,8 @@ def step_programs(s: Setup, key: jax.Array, start: int) -> StepPrograms:
   bucket_of = np.repeat(np.arange(len(plan)), [len(g) for g, _ in plan])[schedule]
   step_bucket = bucket_of if S == 1 else bucket_of.max(axis=1, initial=0)
   bucket_fns = {int(b): jit_step(make_train_step(s, int(b))) for b in np.unique(step_bucket)}
-  run = lambda state, key, step: bucket_fns[step_bucket[step - start]](
-      state, key, schedule[step - start])
+  run = lambda state, key, step, *active: bucket_fns[step_bucket[step - start]](
+      state, key, *active, schedule[step - start])
   chosen = ""
   if not config.train.get("num_buckets", 1):
     from posenc.setup import projected_training_s  # noqa: PLC0415
@@ -332,7 +358,8 @@ def step_programs(s: Setup, key: jax.Array, start: int) -> StepPrograms:
     chosen = (f"; chosen from the run's length (train.num_buckets=0): the cost model projects "
               f"one seed's {train_s:.0f}s of training to the cap and {compile_s:.0f}s of compiling, "
               f"{100 * compile_s / (train_s + compile_s):.0f}%")
-  return StepPrograms(run, bucket_fns, schedule, [plan[b][1] for b in bucket_fns], chosen)
+  return StepPrograms(run, bucket_fns, schedule, [plan[b][1] for b in bucket_fns], chosen,
+                      skips=skip)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -364,13 +391,19 @@ def log_parallelism(s: Setup, log: Callable[[str], None]) -> None:
       log(f"seeds: {S} in one program ({how}){hint}")
 
 
-def check_diverged(s: Setup, stacked: dict, step: int, kept: str) -> None:
+def check_diverged(s: Setup, stacked: dict, step: int, kept: str,
+                   trained: np.ndarray | None = None) -> None:
   """Raises TrainingDiverged when a loss or gradient norm of the steps up to ``step`` (their
-  metrics ``stacked``) is NaN/Inf, with the scheme's own explanation when it has one."""
+  metrics ``stacked``, ``[steps]`` or ``[steps, seeds]``) is NaN/Inf, with the scheme's own
+  explanation when it has one. ``trained`` (``[steps, seeds]``): the seeds each step trained;
+  the others are not looked at."""
   config = s.config
-  if not (np.all(np.isfinite(stacked["loss"])) and np.all(np.isfinite(stacked["grad_norm"]))):
-    bad = step - len(stacked["loss"]) + int(np.argmax(~(np.isfinite(stacked["loss"])
-                                                         & np.isfinite(stacked["grad_norm"])))) + 1
+  bad_at = ~(np.isfinite(stacked["loss"]) & np.isfinite(stacked["grad_norm"]))
+  if trained is not None:
+    bad_at &= trained
+  if bad_at.any():
+    bad_at = bad_at.reshape(len(bad_at), -1).any(axis=1)  # per step, over the seeds
+    bad = step - len(bad_at) + int(np.argmax(bad_at)) + 1
     cause = encodings.get(config.encoding.name).explain_failure(
         stacked, config.encoding, s.train_bound())
     if cause is not None:
@@ -406,17 +439,21 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
   if criterion_lib.enabled(config):
     tracker = criterion_lib.Tracker(s, start, write=jax.process_index() == 0)
     check = criterion_lib.make_check(s, eval_key)
-    if S > 1:  # seeds that learned before the checkpoint are frozen in it
-      frozen = {k: criterion_lib.take_seed(state, k)
-                for k, t in enumerate(tracker.learned_at) if t is not None}
   every = config.criterion.every if tracker else 0
   stop_early = tracker is not None and config.criterion.stop
+  # Several seeds that stop at the criterion: a seed that learned keeps its state from then on
+  # (frozen: saved, evaluated and reported as its single run stops), and the programs skip
+  # its steps. Without `stop` every seed trains to the cap, as its single run does.
+  skip = stop_early and S > 1
+  if skip:  # seeds that learned before the checkpoint are frozen in it
+    frozen = {k: criterion_lib.take_seed(state, k)
+              for k, t in enumerate(tracker.learned_at) if t is not None}
 
   def run_check(state, step):
     scores = check.scores(state["params"])
     new = tracker.record(step, scores)
     for k in new:
-      if S > 1:
+      if skip:
         frozen[k] = criterion_lib.take_seed(state, k)
       who = f"seed {config.seed + k} " if S > 1 else ""
       log(f"criterion: {who}learned at step {step} ({check.metric} {scores[k]:.3f} >= "
@@ -435,7 +472,13 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
                                           tensorboard=False)
                   for k in range(config.num_seeds if config.num_seeds > 1 else 0)]
   progress = reporting.Progress(total, start)
-  programs = step_programs(s, key, start)
+  programs = step_programs(s, key, start, skip=skip)
+  # which seeds the programs train ([S] on the device; placed anew when a seed stops)
+  training = lambda: np.array([k not in frozen for k in range(S)])
+  active = training()
+  active_arg = lambda: (jax.device_put(active),) if skip else ()
+  on_device = active_arg()
+  pending_active: list[np.ndarray] = []
   log_parallelism(s, log)
   pending: list[dict] = []
   t_start = time.perf_counter()
@@ -446,12 +489,13 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
   kept = lambda: (f"the last good checkpoint (step {last_good}) is kept" if last_good
                   else "no checkpoint had been written yet")
   try:
-    programs.compile(state, key)  # every program the run will use, before the first step
+    programs.compile(state, key, *on_device)  # every program the run will use, first
     while step < total and not learned_stop:
       dispatched = step + 1
-      state, metrics = programs.run(state, key, step)
+      state, metrics = programs.run(state, key, step, *on_device)
       step += 1
       pending.append(metrics)
+      pending_active.append(active)
       if compile_s is None:
         jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - t_start
@@ -461,19 +505,29 @@ def train_steps(s: Setup, state: dict, key: jax.Array, start: int, mngr: ocp.Che
       if every and step % every == 0:
         checked = run_check(state, step)
         learned_stop = stop_early and tracker.all_learned
+        if skip and len(frozen) < S and not np.array_equal(training(), active):
+          active = training()
+          on_device = active_arg()
       save_now = step % config.checkpoint.every_steps == 0 or step == total or learned_stop
       if step % config.train.log_every == 0 or save_now or checked is not None:
         stacked = jax.device_get(jax.tree_util.tree_map(lambda *x: jnp.stack(x), *pending))
-        pending = []
+        # [steps, seeds]: the seeds each step trained (a skipped seed's metrics are zeros)
+        trained = np.stack(pending_active)
+        pending, pending_active = [], []
         synced = step
-        check_diverged(s, stacked, step, kept())
-        summary = {k: float(np.mean(v)) for k, v in stacked.items() if k != "length"}
-        summary["mean_length"] = float(np.mean(stacked["length"]))
+        check_diverged(s, stacked, step, kept(), trained if skip else None)
+        if skip:  # the means below are over the seeds each step trained
+          stacked = {name: (np.where(trained, v, np.nan) if np.ndim(v) == 2 else v)
+                     for name, v in stacked.items()}
+        summary = {k: float(np.nanmean(v)) for k, v in stacked.items() if k != "length"}
+        summary["mean_length"] = float(np.nanmean(stacked["length"]))
         if checked is not None:
           summary["criterion"] = tracker.rows[-1]["scores"]
         writer.write(step, summary)
         for k, w in enumerate(seed_writers):  # metrics are [steps, seeds]
-          row = {name: float(np.mean(np.asarray(v)[:, k])) for name, v in stacked.items()
+          if not trained[:, k].any():
+            continue  # the seed had learned: no step trained it since the last row
+          row = {name: float(np.nanmean(np.asarray(v)[:, k])) for name, v in stacked.items()
                  if name != "length" and np.ndim(v) == 2}
           if checked is not None:
             row["criterion"] = tracker.rows[-1]["scores"][k]
