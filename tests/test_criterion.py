@@ -164,13 +164,15 @@ def test_a_skipped_seed_keeps_its_state_and_the_others_their_bits():
   s = train.setup(c)
   keys = train.root_keys(c.seed, 2)
 
-  def steps(skip, active_at):
+  unchanged = train.step_programs(s, keys["train"], 0)
+  skipping = train.step_programs(s, keys["train"], 0, skip=True)
+  assert not unchanged.skips and skipping.skips and len(skipping.buckets) == 2
+
+  def steps(progs, active_at):
     state = train.initial_state(s, keys["init"])
-    progs = train.step_programs(s, keys["train"], 0, skip=skip)
-    assert progs.skips == skip and len(progs.buckets) == 2
     saved = []
     for t in range(4):
-      extra = (jax.device_put(np.array(active_at(t))),) if skip else ()
+      extra = (jax.device_put(np.array(active_at(t))),) if progs.skips else ()
       state, m = progs.run(state, keys["train"], t, *extra)
       saved.append((jax.device_get(state), jax.device_get(m)))
     return saved
@@ -178,12 +180,12 @@ def test_a_skipped_seed_keeps_its_state_and_the_others_their_bits():
   # Under this suite's XLA flags (most optimisations off) the branch moves the last bits, as
   # any change of program may (tests/test_scale.py's tolerance); with XLA's defaults, as the
   # atlas runs, it gave the unchanged programs' bits (docs/throughput.md, measured).
-  plain = steps(False, None)
-  every = steps(True, lambda t: [True, True])
+  plain = steps(unchanged, None)
+  every = steps(skipping, lambda t: [True, True])
   for (a, ma), (b, mb) in zip(plain, every):
     _assert_same_params(a, b)
     _assert_same_params(ma, mb)
-  off = steps(True, lambda t: [True, t < 2])  # seed 1 stops after step 2
+  off = steps(skipping, lambda t: [True, t < 2])  # seed 1 stops after step 2
   seed = lambda tree, k: jax.tree_util.tree_map(lambda x: x[k], tree)
   for t, (state, m) in enumerate(off):
     _assert_same(seed(state, 0), seed(every[t][0], 0))  # the same program, seed 0 unaffected
