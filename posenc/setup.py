@@ -272,7 +272,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   train_lengths = tuple(range(t.train_min_length, t.train_max_length + 1))
   train_padded = data_lib.buckets(task, train_lengths, 1)[0][1]
   eval_lengths = range(config.eval.min_length, config.eval.max_length + 1)
-  eval_buckets = data_lib.buckets(task, eval_lengths, config.eval.num_buckets)
+  eval_buckets = data_lib.eval_buckets(task, eval_lengths, config.eval.num_buckets)
   positions_lib.check_length(config.positions, data_lib.total_length(task, t.train_max_length),
                              train=True, field="config.task.train_max_length")
   positions_lib.check_length(config.positions, data_lib.total_length(task, config.eval.max_length),

@@ -45,6 +45,22 @@ def test_buckets_cover_every_length_once_with_few_programs():
     assert padded < 1.5 * data.total_length(task, max(lengths)) + 8
 
 
+def test_evaluation_buckets_pad_no_more_than_the_geometric_split():
+  """Evaluation scores each length on the same samples: its split (data.eval_buckets) has the
+  fewest padded tokens summed over the lengths, never more than the geometric one's."""
+  task = tasks.get("reverse_string")
+  padded_tokens = lambda plan: sum(len(lengths) * p for lengths, p in plan)
+  for lengths, n in ((range(1, 49), 2), (range(41, 501), 8), (range(1, 11), 3), (range(5, 6), 4)):
+    split, geometric = data.eval_buckets(task, lengths, n), data.buckets(task, lengths, n)
+    assert [l for g, _ in split for l in g] == list(lengths) and len(split) <= n
+    assert all(p % 8 == 0 and p >= data.total_length(task, max(g)) for g, p in split)
+    assert padded_tokens(split) <= padded_tokens(geometric)
+  # the atlas's evaluation, 1-48 in 2 buckets: halves, against 1-6 and 7-48 padded to 96
+  assert [(g[0], g[-1], p) for g, p in data.eval_buckets(task, range(1, 49), 2)] == [
+      (1, 24, 48), (25, 48, 96)]
+  assert padded_tokens(data.buckets(task, range(1, 49), 2)) == 4128
+
+
 def test_batch_fn_switches_lengths_in_one_program():
   task = tasks.get("parity_check")
   sampler = positions.make(positions_cfg(), train=True)
