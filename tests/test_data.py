@@ -59,6 +59,9 @@ def test_evaluation_buckets_pad_no_more_than_the_geometric_split():
   assert [(g[0], g[-1], p) for g, p in data.eval_buckets(task, range(1, 49), 2)] == [
       (1, 24, 48), (25, 48, 96)]
   assert padded_tokens(data.buckets(task, range(1, 49), 2)) == 4128
+  # beyond data.MAX_SPLIT_LENGTHS lengths (the table grows with their square): geometric
+  many = range(1, data.MAX_SPLIT_LENGTHS + 2)
+  assert data.eval_buckets(task, many, 8) == data.buckets(task, many, 8)
 
 
 def test_batch_fn_switches_lengths_in_one_program():
