@@ -15,9 +15,10 @@ at slot ``l + t``, so with a batch of one input length:
 
 Every shape is static (the bucket's padded length), ``l`` and ``m`` may be traced,
 and the loop is a ``lax.fori_loop`` inside the evaluation program. Schemes whose
-embedding reads the token sequence (``Encoding.incremental()`` False: ``conv`` and
-the GRU ``recurrent``) decode by recomputing the full forward pass per token,
-which is also the reference the cached decoder is tested against.
+embedding reads the whole token sequence (``Encoding.incremental()`` False: the GRU
+``recurrent``) decode by recomputing the full forward pass per token, which is also
+the reference the cached decoder is tested against (``conv``'s causal convolution reads
+a bounded window, which the cache keeps: ``Encoding.embed_window()``).
 """
 
 from __future__ import annotations

@@ -189,7 +189,24 @@ class Transformer(nn.Module):
       x_BxLxD = embed(tokens).astype(self._dtype)
     if cfg.embed_scale:
       x_BxLxD = x_BxLxD * math.sqrt(cfg.d_model)
-    if hasattr(enc, "embed"):
+    window = enc.embed_window() if hasattr(enc, "embed") and decode is not None else None
+    if window is not None:
+      # The hook reads the `window` slots before each output: the buffer keeps its inputs,
+      # and a step embeds the new token from the window that ends at its slot.
+      inputs = self.variable("kv", "embed_inputs", jnp.zeros,
+                             (x_BxLxD.shape[0], valid.shape[1], x_BxLxD.shape[2]), x_BxLxD.dtype)
+      if decode == "prefill":
+        inputs.value = x_BxLxD
+        x_BxLxD = enc.embed(x_BxLxD, positions, **({"valid": valid} if enc.EMBED_VALID else {}))
+      else:
+        inputs.value = jax.lax.dynamic_update_slice_in_dim(inputs.value, x_BxLxD, index, axis=1)
+        take = lambda a: jax.lax.dynamic_slice_in_dim(
+            jnp.pad(a, [(0, 0), (window, 0)] + [(0, 0)] * (a.ndim - 2)), index, window + 1, axis=1)
+        extra = {}
+        if enc.EMBED_VALID:  # slots before 0 are not real: the hook reads them as zeros
+          extra["valid"] = take(jnp.broadcast_to(valid, x_BxLxD.shape[:1] + valid.shape[1:]))
+        x_BxLxD = enc.embed(take(inputs.value), take(k_pos), **extra)[:, -1:]
+    elif hasattr(enc, "embed"):
       extra = {}
       if enc.EMBED_VALID:  # the rows' real tokens (in a step, the new token's entry)
         extra["valid"] = (valid if decode != "step"

@@ -90,7 +90,11 @@ In incremental decoding (``Transformer(decode="step")``) the query side is one t
 (``Lq = 1``, ``q_pos`` its position) and the key side is the whole cached buffer
 (``k_pos`` all its positions, keys past the new token masked), so hooks must treat
 ``q_pos`` and ``k_pos`` as independent arrays. ``incremental()`` says whether that is
-possible at all: False for schemes whose ``embed`` reads the token sequence.
+possible at all: False for schemes whose ``embed`` reads the token sequence, unless
+``embed_window()`` bounds how far back it reads: then the model caches ``embed``'s inputs
+(``"kv"`` collection) and, in a step, calls ``embed`` on the last ``embed_window() + 1``
+slots of the buffer (the earliest zero-filled and not valid before slot 0), keeping the
+last row (conv's causal convolution reads ``kernel_size − 1`` earlier slots).
 
 Parameters are created in ``setup`` (per-layer tables as lists indexed by
 ``layer``; shared ones once), so layer sharing is the scheme's own business.
@@ -169,8 +173,15 @@ class Encoding(nn.Module):
   INCREMENTAL: ClassVar[bool] = True
 
   def incremental(self) -> bool:
-    """Whether a token's output depends on earlier tokens only through attention."""
+    """Whether a causal model with this scheme can decode with a cache: a token's output
+    depends on earlier tokens only through attention, or through ``embed`` reading at most
+    ``embed_window()`` earlier slots."""
     return self.INCREMENTAL
+
+  def embed_window(self) -> int | None:
+    """How many earlier slots ``embed`` reads for one output in a causal model (None: none,
+    or no bound); the model caches ``embed``'s inputs for decoding when it is set."""
+    return None
 
   def content_scale(self) -> float:
     """The factor on ``q·k / sqrt(Dh)`` (a Python float; default ``CONTENT_SCALE``)."""

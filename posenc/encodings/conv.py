@@ -62,7 +62,6 @@ def conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, groups: int,
 class Encoding(_Base):
   """Adds ``GELU(Conv1d(x))`` (grouped, ``kernel_size`` wide) to the token embeddings."""
 
-  INCREMENTAL = False  # the convolution reads neighbouring tokens' embeddings
   EMBED_VALID = True   # padding slots are zeroed before the convolution reads them
 
   kernel_size: int = 15
@@ -73,6 +72,14 @@ class Encoding(_Base):
     self.kernel = self.param("kernel", nn.initializers.lecun_normal(),
                              (self.kernel_size, d // max(self.groups, 1), d), jnp.float32)
     self.bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
+
+  def incremental(self):
+    # Causal, an output reads the kernel_size - 1 slots before it: the model caches the
+    # convolution's inputs and a decoding step convolves only that window.
+    return self.dims.causal
+
+  def embed_window(self):
+    return self.kernel_size - 1 if self.dims.causal else None
 
   def check(self, max_position):
     del max_position
