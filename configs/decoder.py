@@ -13,7 +13,7 @@ decoder scheme or task on the command line:
 otherwise start from ``configs/<scheme>.py`` with ``--config.model.causal=True
 --config.task.name=copy --config.task.train_max_length=20 --config.eval.max_length=40``.)
 Decoder tasks: copy, addition, addition_reversed (posenc's: the sum least significant digit
-first), summation_mod_10, sorting, sorting_multi_digit
+first), addition_little_endian (posenc's: operands and sum so), summation_mod_10, sorting, sorting_multi_digit
 (``posenc/tasks/decoder_tasks.py``); every Chomsky-hierarchy task also runs in this decoder form.
 
 Presets as in ``configs/base.py``: ``smoke`` (seconds), default (a few minutes on a CPU),

@@ -60,7 +60,7 @@ Rules (symbols are the task's own ids; ties always go to the smallest id):
     ``n1`` ones in ``l`` bits, every arrangement is equally likely and that has probability
     ``2 n0 n1 / (l (l - 1))``, so answer 1 iff ``4 n0 n1 > l (l - 1)`` (the Bayes rule from the
     bag; exact at ``l <= 2``, near chance for long inputs).
-  - ``bag_digits`` (addition and addition_reversed, a heuristic, not optimal: the sum is not a
+  - ``bag_digits`` (the three additions, a heuristic, not optimal: the sum is not a
     function of the bag; it ignores order, so it is the same rule for either digit order):
     the termination token when ``t = max(l - 2, 1)`` answer tokens are emitted (the longest sum
     without a carry; the sum's length is spread over about ``l / 2`` values, so any fixed guess is
@@ -215,6 +215,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "even_pairs": ("bag_posterior",),
     "addition": ("bag_digits",),
     "addition_reversed": ("bag_digits",),
+    "addition_little_endian": ("bag_digits",),
 }
 _STEPS: dict[str, Step] = {f.__name__: f for f in (
     most_frequent_remaining, bag_majority, sorted_bag, next_larger, bag_answer, bag_posterior,

@@ -19,9 +19,10 @@ from posenc import tasks
 BATCH = 64
 MAX = 41
 LENGTHS = (1, 2, 3, 4, 5, 20, 21, 40, 41)
-NAMES = ("addition", "addition_reversed", "copy", "sorting", "sorting_multi_digit",
+NAMES = ("addition", "addition_reversed", "addition_little_endian", "copy", "sorting", "sorting_multi_digit",
          "summation_mod_10")
 VOCABS = {"copy": (100, 100), "addition": (11, 11), "addition_reversed": (11, 11),
+          "addition_little_endian": (11, 11),
           "summation_mod_10": (10, 10), "sorting": (50, 50), "sorting_multi_digit": (11, 11)}
 
 
@@ -95,6 +96,14 @@ def solve_addition(x, length, reverse=False):
 
 def solve_addition_reversed(x, length):
   return solve_addition(x, length, reverse=True)
+
+
+def solve_addition_little_endian(x, length):
+  """Each operand's digits put back most significant first, then the reversed solver."""
+  if 10 in x:
+    i = x.index(10)
+    x = x[:i][::-1] + [10] + x[i + 1:][::-1]
+  return solve_addition_reversed(x, length)
 
 
 SOLVERS = {name: globals()[f"solve_{name}"] for name in NAMES}
@@ -182,6 +191,34 @@ def test_addition_reversed_examples_and_same_prompts_as_addition():
           len_a = x.index(10)
           carried += want.index(10) > max(len_a, length - 1 - len_a)  # a final carry
   assert carried > 0, "some sums have one digit more than the longer operand"
+
+
+def test_addition_little_endian_writes_additions_numbers_digit_by_digit_from_the_right():
+  # 537 + 19 = 556, written 7 3 5 + 9 1 -> 6 5 5 END; 95 + 7 = 102: 5 9 + 7 -> 2 0 1 END.
+  assert solve_addition_little_endian([7, 3, 5, 10, 9, 1], 6)[0] == [6, 5, 5, 10, 0, 0]
+  assert solve_addition_little_endian([5, 9, 10, 7], 4)[0] == [2, 0, 1, 10]
+  plain, little = tasks.get("addition"), tasks.get("addition_little_endian")
+  assert baselines_rules("addition_little_endian") == baselines_rules("addition")
+  padded_plain = jax.jit(plain.sample_padded, static_argnums=(1, 3))
+  padded_little = jax.jit(little.sample_padded, static_argnums=(1, 3))
+  for length in (1, 2, 3, 4, 12, 41):
+    p, q = ({k: np.asarray(v) for k, v in o.items()} for o in (
+        padded_plain(jax.random.key(length), BATCH, jnp.int32(length), MAX),
+        padded_little(jax.random.key(length), BATCH, jnp.int32(length), MAX)))
+    np.testing.assert_array_equal(p["target_mask"], q["target_mask"])
+    for a, b in zip(p["input"].tolist(), q["input"].tolist()):
+      # The same numbers: each operand's digits in the opposite order, padding unchanged.
+      if length < 3:
+        assert a == b == [0] * MAX
+        continue
+      i = a.index(10)
+      assert b.index(10) == i and b[length:] == a[length:] == [0] * (MAX - length)
+      assert b[:i] == a[:i][::-1] and b[i + 1:length] == a[i + 1:length][::-1]
+
+
+def baselines_rules(name):
+  from experiments import baselines
+  return baselines.rules_for(name)
 
 
 def test_addition_reversed_has_additions_baseline_rule():

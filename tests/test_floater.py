@@ -530,14 +530,16 @@ def test_cached_rows_equal_the_solved_table_by_slice_and_by_gather(injection):
   valid = jnp.ones((2, length), bool)
   contiguous = [jnp.arange(length)[None], 3 + jnp.arange(length)[None]]
   gappy = [jnp.array([[0, 1, 4, 5, 6, 9, 10, 12], [1, 2, 3, 5, 8, 11, 12, 13]], jnp.int32)]
-  own = s.model(bound)
+  # One program per model and positions shape (the positions are arguments, not constants).
+  own = jax.jit(s.model(bound).apply)
+  want = [own({"params": params}, tokens, pos, valid) for pos in contiguous + gappy]
   for flag, cases in ((True, contiguous), (False, contiguous + gappy)):
     model = s.model(bound, contiguous=flag)
     assert model.encoding.dims.contiguous is flag
-    for pos in cases:
-      want = own.apply({"params": params}, tokens, pos, valid)
-      got = jax.jit(lambda p, ca, pos=pos, m=model: m.apply({"params": p, **ca}, tokens, pos, valid))(params, cache)
-      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    apply = jax.jit(lambda p, ca, pos, m=model: m.apply({"params": p, **ca}, tokens, pos, valid))
+    for pos, expected in zip(cases, want):
+      np.testing.assert_allclose(np.asarray(apply(params, cache, pos)), np.asarray(expected),
+                                 rtol=1e-5, atol=1e-5)
 
 
 def test_decoding_steps_with_cached_rows_match_the_full_forward():

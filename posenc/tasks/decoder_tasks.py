@@ -19,8 +19,9 @@ category is the count of numbers; here the numbers and their separators fill ``l
 tokens (see :class:`SortingMultiDigit`). Training lengths 1–20 and test lengths to 40,
 as in the paper, are set in ``configs/decoder.py``.
 
-One task is posenc's own, not the paper's: ``addition_reversed`` (:class:`AdditionReversed`),
-the same prompts as ``addition`` with the sum written least significant digit first.
+Two tasks are posenc's own, not the paper's: ``addition_reversed`` (:class:`AdditionReversed`),
+the same prompts as ``addition`` with the sum written least significant digit first, and
+``addition_little_endian`` (:class:`AdditionLittleEndian`), the operands written that way too.
 
 ``level`` is ``"decoder"`` (not a Chomsky-hierarchy level), so these tasks do not join
 the Chomsky-hierarchy sweeps by themselves.
@@ -232,6 +233,39 @@ class AdditionReversed(Addition):
             "target_mask": fits & (out <= size)}
 
 
+class AdditionLittleEndian(Addition):
+  """Add two decimal integers, operands and sum all written least significant digit first.
+
+  posenc's variant of :class:`Addition`, not Kazemnejad et al.'s format. In
+  :class:`AdditionReversed` the answer is little-endian but the operands are not, so answer
+  digit ``i`` reads operand digits that move two slots further away per answer digit (a
+  reversal). Written little-endian throughout, answer digit ``i`` reads digit ``i`` of each
+  operand: the first at a fixed offset from the answer slot (``l + 1``, copy's offset) and
+  the second at a fixed offset within each sequence, plus the carry from the column before:
+  two aligned copies and a carry (the little-endian operand format of Lee et al., 2023,
+  "Teaching Arithmetic to Small Transformers", reversed operands and output alike).
+  The numbers are :class:`Addition`'s (the same key draws the same ``a`` and ``b``); only
+  the order of each operand's digits in the prompt differs. Input ``a + b`` in ``l``
+  tokens; tokens: input 0..9 (digits), 10 (+). Output (``output_length(l) = l``): the sum,
+  least significant digit first, without the most significant zeros, then the termination
+  token 10, then 0s; ``target_mask`` True up to and including the termination token.
+  Example: ``7 3 5 + 9 1`` (537 + 19) -> ``6 5 5 10 0 0``. For ``l < 3`` no sum fits:
+  the input is all 0s and the answer is masked out, as :class:`Addition`.
+  """
+
+  name = "addition_little_endian"
+
+  def _sample_padded(self, rng: jax.Array, batch_size: int, length, max_length: int) -> dict:
+    out = AdditionReversed._sample_padded(self, rng, batch_size, length, max_length)
+    x = out["input"]
+    n = jnp.maximum(length, 3)
+    pos = padding.arange_row(max_length)
+    len_a = jnp.argmax(x == self.PLUS, axis=1)[:, None]  # the operand a fills 0..len_a-1
+    flipped = jnp.where(pos < len_a, padding.take(x, len_a - 1 - pos),
+                        jnp.where(pos == len_a, x, padding.take(x, n + len_a - pos)))
+    return {**out, "input": padding.zero_past(flipped, n)}
+
+
 def _render_numbers(values: jax.Array, widths: jax.Array, sep: int, width: int) -> jax.Array:
   """Numbers [B, K] of ``widths`` digits (0: no number) -> tokens [B, width].
 
@@ -320,4 +354,4 @@ class SortingMultiDigit(Task):
                                             (batch_size, max_length))}
 
 
-TASKS = (Copy, Addition, AdditionReversed, SummationMod10, Sorting, SortingMultiDigit)
+TASKS = (Copy, Addition, AdditionReversed, AdditionLittleEndian, SummationMod10, Sorting, SortingMultiDigit)
