@@ -242,8 +242,7 @@ class AdditionLittleEndian(Addition):
   reversal). Written little-endian throughout, answer digit ``i`` reads digit ``i`` of each
   operand: the first at a fixed offset from the answer slot (``l + 1``, copy's offset) and
   the second at a fixed offset within each sequence, plus the carry from the column before:
-  two aligned copies and a carry (the little-endian operand format of Lee et al., 2023,
-  "Teaching Arithmetic to Small Transformers", reversed operands and output alike).
+  two aligned copies and a carry.
   The numbers are :class:`Addition`'s (the same key draws the same ``a`` and ``b``); only
   the order of each operand's digits in the prompt differs. Input ``a + b`` in ``l``
   tokens; tokens: input 0..9 (digits), 10 (+). Output (``output_length(l) = l``): the sum,
